@@ -1,0 +1,1 @@
+"""Small pieces every process shares: typed config loading, logging, MQTT sessions."""

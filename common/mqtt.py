@@ -1,0 +1,97 @@
+"""MQTT session settings and a paho-mqtt 2.x client factory used by every process."""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from common.config import read_secret
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str = "localhost"
+    port: int = 1883
+    # Empty: derived from the process's own id (gateway id, bridge port...).
+    client_id: str = ""
+    username: str = ""
+    # Prefer password_file or the environment; never put secrets in the main config.
+    password: str = ""
+    password_file: str = ""
+    tls: bool = False
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    # Persistent session: the broker keeps our subscription and queues QoS 1
+    # messages for this long while we are away.
+    session_expiry_s: int = 7 * 86400
+    # Flow control: at most this many unacknowledged QoS 1 messages in flight to us.
+    receive_maximum: int = 1000
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError(f"port {self.port} out of range")
+        if not 0 < self.receive_maximum <= 65535:
+            raise ValueError("receive_maximum must be 1..65535")
+        if self.reconnect_min_s <= 0 or self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
+
+
+def make_client(
+    settings: MqttSettings,
+    client_id: str,
+    *,
+    will: tuple[str, bytes] | None = None,
+) -> mqtt.Client:
+    """Create an MQTT v5 client with auth, TLS, last will and capped reconnect backoff."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=settings.client_id or client_id,
+        protocol=mqtt.MQTTv5,
+    )
+    password = read_secret(settings.password, settings.password_file, "mqtt.password")
+    if settings.username:
+        client.username_pw_set(settings.username, password or None)
+    if settings.tls:
+        client.tls_set(
+            ca_certs=settings.ca_file or None,
+            certfile=settings.cert_file or None,
+            keyfile=settings.key_file or None,
+            tls_version=ssl.PROTOCOL_TLS_CLIENT,
+        )
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1, retain=True)
+    client.reconnect_delay_set(
+        min_delay=max(1, round(settings.reconnect_min_s)), max_delay=round(settings.reconnect_max_s)
+    )
+    return client
+
+
+def connect_properties(settings: MqttSettings) -> Properties:
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = settings.session_expiry_s
+    props.ReceiveMaximum = settings.receive_maximum
+    return props
+
+
+def start(client: mqtt.Client, settings: MqttSettings, *, clean_start: bool) -> None:
+    """Connect asynchronously and start the network thread (which also reconnects)."""
+    client.connect_async(
+        settings.host,
+        settings.port,
+        keepalive=settings.keepalive_s,
+        clean_start=clean_start,
+        properties=connect_properties(settings),
+    )
+    client.loop_start()

@@ -1,0 +1,48 @@
+"""The wire contract shared by sensors, gateway and API.
+
+Everything other tools and dashboards depend on lives here: MQTT topics, reading
+field names with their units and accepted aliases, payload decoding/validation and
+the alert / dead-letter payload shapes.  Keep it small and keep it exact.
+"""
+
+from contract.fields import (
+    DEFAULT_FIELDS,
+    FIELD_ALIASES,
+    FieldSpec,
+    canonical_field,
+)
+from contract.reading import (
+    DecodeLimits,
+    Reading,
+    Rejected,
+    decode_reading,
+    encode_reading,
+    normalise_record,
+)
+from contract.topics import (
+    READING_SUBSCRIPTION,
+    alert_topic,
+    deadletter_topic,
+    parse_reading_topic,
+    reading_topic,
+    status_topic,
+)
+
+__all__ = [
+    "DEFAULT_FIELDS",
+    "FIELD_ALIASES",
+    "READING_SUBSCRIPTION",
+    "DecodeLimits",
+    "FieldSpec",
+    "Reading",
+    "Rejected",
+    "alert_topic",
+    "canonical_field",
+    "deadletter_topic",
+    "decode_reading",
+    "encode_reading",
+    "normalise_record",
+    "parse_reading_topic",
+    "reading_topic",
+    "status_topic",
+]

@@ -1,0 +1,202 @@
+"""Decode and validate reading payloads; encode them for publishers.
+
+``decode_reading`` is the gateway's hot path: one call per MQTT message, so it
+avoids per-call allocation beyond the result.  Every rejection raises
+:class:`Rejected` with a short machine-readable ``reason`` (used as a metrics label
+and in the dead-letter payload) and a human ``detail`` that names the field.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import orjson
+
+from contract.fields import DEFAULT_FIELDS, FieldSpec, build_alias_table
+from contract.topics import TopicError, parse_reading_topic
+
+# Reasons are a closed set so they can be metric labels.
+REASONS = (
+    "bad_topic",
+    "too_large",
+    "not_json",
+    "not_object",
+    "missing_field",
+    "wrong_type",
+    "not_finite",
+    "out_of_range",
+    "bad_timestamp",
+    "bad_seq",
+)
+
+# Epoch values above this are almost certainly milliseconds (year 5138 in seconds).
+_EPOCH_SECONDS_MAX = 1e11
+
+
+class Rejected(ValueError):
+    """A message that does not satisfy the contract."""
+
+    def __init__(self, reason: str, detail: str, field_name: str | None = None):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.field = field_name
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    fields: tuple[FieldSpec, ...] = DEFAULT_FIELDS
+    # Fields a message must carry; by default all known fields (the model's inputs).
+    required: tuple[str, ...] | None = None
+    max_payload_bytes: int = 64 * 1024
+    max_future_s: float = 300.0
+    max_age_s: float = 30 * 86400.0
+    _aliases: dict[str, str] = field(init=False, repr=False, compare=False)
+    _specs: dict[str, FieldSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_aliases", build_alias_table(self.fields))
+        object.__setattr__(self, "_specs", {f.name: f for f in self.fields})
+        if self.required is None:
+            object.__setattr__(self, "required", tuple(f.name for f in self.fields))
+        unknown = set(self.required or ()) - set(self._specs)
+        if unknown:
+            raise ValueError(f"required fields not defined: {sorted(unknown)}")
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        return self._aliases
+
+    @property
+    def specs(self) -> dict[str, FieldSpec]:
+        return self._specs
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+@dataclass(slots=True)
+class Reading:
+    line: str
+    device: str
+    ts_ns: int
+    values: dict[str, float]
+    seq: int | None = None
+    received_ns: int = 0
+
+
+def _parse_ts(raw: object, now_ns: int, limits: DecodeLimits) -> int:
+    if isinstance(raw, bool):
+        raise Rejected("bad_timestamp", "ts must be an RFC 3339 string or epoch seconds", "ts")
+    if isinstance(raw, int | float):
+        if not math.isfinite(raw):
+            raise Rejected("bad_timestamp", "ts is not finite", "ts")
+        if abs(raw) > _EPOCH_SECONDS_MAX:
+            raise Rejected(
+                "bad_timestamp", "ts must be epoch seconds (value looks like milliseconds)", "ts"
+            )
+        ts_ns = round(raw * 1e9)
+    elif isinstance(raw, str):
+        try:
+            parsed = datetime.fromisoformat(raw)
+        except ValueError:
+            raise Rejected("bad_timestamp", f"ts is not RFC 3339: {raw[:40]!r}", "ts") from None
+        if parsed.tzinfo is None:
+            raise Rejected(
+                "bad_timestamp", "ts needs a UTC offset, e.g. 2026-11-22T10:00:00Z", "ts"
+            )
+        ts_ns = round(parsed.timestamp() * 1e6) * 1000
+    else:
+        raise Rejected("bad_timestamp", "ts must be an RFC 3339 string or epoch seconds", "ts")
+    if ts_ns - now_ns > limits.max_future_s * 1e9:
+        raise Rejected("bad_timestamp", "ts is in the future beyond the allowed clock skew", "ts")
+    if now_ns - ts_ns > limits.max_age_s * 1e9:
+        raise Rejected("bad_timestamp", "ts is older than the accepted age", "ts")
+    return ts_ns
+
+
+def normalise_record(
+    obj: object, received_ns: int | None = None, limits: DecodeLimits = DEFAULT_LIMITS
+) -> tuple[dict[str, float], int, int | None]:
+    """Validate one decoded JSON record: returns (values, ts_ns, seq).
+
+    Keys are mapped through the alias table; keys that are not reading fields (and
+    not ``ts``/``seq``) are ignored so that newer clients can add metadata.
+    """
+    if not isinstance(obj, dict):
+        raise Rejected("not_object", f"expected a JSON object, got {type(obj).__name__}")
+    now_ns = received_ns if received_ns is not None else time.time_ns()
+    aliases = limits.aliases
+    specs = limits.specs
+    values: dict[str, float] = {}
+    ts_ns = now_ns
+    seq: int | None = None
+    for key, raw in obj.items():
+        name = aliases.get(key.lower())
+        if name is None:
+            lowered = key.lower()
+            if lowered == "ts":
+                ts_ns = _parse_ts(raw, now_ns, limits)
+            elif lowered == "seq":
+                if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
+                    raise Rejected("bad_seq", "seq must be a non-negative integer", "seq")
+                seq = raw
+            continue
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise Rejected("wrong_type", f"{name} must be a number, got {type(raw).__name__}", name)
+        value = float(raw)
+        if not math.isfinite(value):
+            raise Rejected("not_finite", f"{name} is not a finite number", name)
+        spec = specs[name]
+        if not spec.minimum <= value <= spec.maximum:
+            raise Rejected(
+                "out_of_range",
+                f"{name}={value:g} outside physical range "
+                f"[{spec.minimum:g}, {spec.maximum:g}] {spec.unit}",
+                name,
+            )
+        values[name] = value
+    for name in limits.required or ():
+        if name not in values:
+            raise Rejected("missing_field", f"{name} is required", name)
+    return values, ts_ns, seq
+
+
+def decode_reading(
+    topic: str,
+    payload: bytes,
+    received_ns: int | None = None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+) -> Reading:
+    """Decode one MQTT reading message; raises :class:`Rejected` if it breaks the contract."""
+    try:
+        line, device = parse_reading_topic(topic)
+    except TopicError as exc:
+        raise Rejected("bad_topic", str(exc)) from None
+    if len(payload) > limits.max_payload_bytes:
+        raise Rejected(
+            "too_large", f"payload is {len(payload)} bytes, limit {limits.max_payload_bytes}"
+        )
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        # orjson also refuses NaN/Infinity literals here, which is what we want.
+        raise Rejected("not_json", f"invalid JSON: {str(exc)[:120]}") from None
+    now_ns = received_ns if received_ns is not None else time.time_ns()
+    values, ts_ns, seq = normalise_record(obj, now_ns, limits)
+    return Reading(line, device, ts_ns, values, seq, now_ns)
+
+
+def encode_reading(
+    values: dict[str, float], ts: float | str | None = None, seq: int | None = None
+) -> bytes:
+    """Build a contract payload; ``ts`` is epoch seconds or an RFC 3339 string."""
+    body: dict[str, object] = dict(values)
+    if ts is not None:
+        body["ts"] = ts
+    if seq is not None:
+        body["seq"] = seq
+    return orjson.dumps(body)

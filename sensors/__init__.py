@@ -1,0 +1,1 @@
+"""Everything that produces readings: simulator, CSV replay, serial bridge."""
