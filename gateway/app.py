@@ -1,0 +1,121 @@
+"""Wiring of the gateway's parts, and their ordered start and shutdown.
+
+Threads: paho's network thread (intake), the scorer (pipeline), the InfluxDB writer,
+and the Prometheus HTTP server.  Shutdown order: stop accepting messages, score what
+is already received, flush writes (which acknowledges them), publish the retained
+``offline`` status, disconnect.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+from contract import READING_SUBSCRIPTION
+from gateway.config import GatewayConfig
+from gateway.intake import Message, MqttIntake
+from gateway.lineprotocol import encode_point
+from gateway.metrics import GatewayMetrics
+from gateway.pipeline import Processor
+from gateway.sinks import InfluxV1Sink, Sink, WriteError, make_sink
+from gateway.writer import Writer
+from model.scorer import Scorer, load_scorer
+
+log = logging.getLogger(__name__)
+
+
+class Gateway:
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        scorer_factory: Callable[[str], Scorer] = load_scorer,
+        sink: Sink | None = None,
+    ):
+        self.cfg = cfg
+        self.metrics = GatewayMetrics(cfg.id)
+        # The model is loaded once per process; a reload swaps this reference.
+        self._scorer = scorer_factory(cfg.model.path)
+        self.metrics.set_model(self._scorer.version)
+        log.info(
+            "model %s loaded (features %s, threshold %.3f)",
+            self._scorer.version,
+            ",".join(self._scorer.features),
+            self._scorer.threshold,
+        )
+        self._sink = sink or make_sink(cfg.influx)
+        # Bounded by flow control: at most receive_maximum QoS 1 messages are in flight.
+        self._inbox: queue.Queue[Message] = queue.Queue(maxsize=2 * cfg.mqtt.receive_maximum)
+        self.intake = MqttIntake(cfg.mqtt, cfg.id, READING_SUBSCRIPTION, self._inbox, self.metrics)
+        self.writer = Writer(
+            self._sink,
+            cfg.influx,
+            self.metrics,
+            self.intake.ack,
+            cfg.pipeline.write_queue_batches,
+            health_point=self._health_point,
+            health_interval_s=cfg.metrics.influx_interval_s,
+        )
+        self.processor = Processor(
+            cfg,
+            self._inbox,
+            self.scorer,
+            self.writer,
+            self.intake.publish,
+            self.metrics,
+            on_fatal=self._fatal,
+        )
+        self.failed = threading.Event()
+        # Set by a signal handler or a fatal error; the main thread then calls stop().
+        self.stop_requested = threading.Event()
+
+    def scorer(self) -> Scorer:
+        return self._scorer
+
+    def _health_point(self) -> str:
+        fields = self.metrics.health_fields()
+        return encode_point(
+            "gateway",
+            {"gateway": self.cfg.id, "model_version": self._scorer.version},
+            fields,
+            time.time_ns(),
+        )
+
+    def _fatal(self, exc: BaseException) -> None:
+        self.failed.set()
+        self.stop_requested.set()
+
+    def start(self) -> None:
+        if (
+            self.cfg.influx.api == 1
+            and self.cfg.influx.create_database
+            and isinstance(self._sink, InfluxV1Sink)
+        ):
+            try:
+                self._sink.ensure_database()
+            except WriteError as exc:
+                # Not fatal: InfluxDB may come up later; writes retry until it does.
+                log.warning("could not ensure database %s: %s", self.cfg.influx.database, exc)
+        self.metrics.serve(self.cfg.metrics.host, self.cfg.metrics.port)
+        self.writer.start()
+        self.processor.start()
+        self.intake.start()
+        log.info("gateway %s started", self.cfg.id)
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        log.info("stopping: no new messages, flushing what was received")
+        self.intake.stop_accepting()
+        self.processor.stop(timeout_s)
+        if not self.writer.stop(timeout_s):
+            log.warning(
+                "InfluxDB did not take the last writes in %.0fs; %d messages stay "
+                "unacknowledged and will be redelivered",
+                timeout_s,
+                self.writer.unacked,
+            )
+        self.intake.close()
+        self._sink.close()
+        self.metrics.close()
+        log.info("gateway %s stopped", self.cfg.id)

@@ -1,0 +1,143 @@
+"""The gateway's typed configuration, loaded once at start-up.
+
+File: TOML (``config/gateway.toml``).  Every setting can be overridden from the
+environment as ``GATEWAY_<SECTION>_<KEY>``, e.g. ``GATEWAY_INFLUX_URL``,
+``GATEWAY_MQTT_PASSWORD`` or ``GATEWAY_INFLUX_TOKEN_FILE``.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import load_config
+from common.mqtt import MqttSettings
+from contract import DEFAULT_FIELDS, DecodeLimits, FieldSpec
+
+ENV_PREFIX = "GATEWAY"
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    name: str
+    unit: str = ""
+    min: float = float("-inf")
+    max: float = float("inf")
+    aliases: tuple[str, ...] = ()
+
+    def spec(self) -> FieldSpec:
+        return FieldSpec(self.name, self.unit, self.min, self.max, self.aliases)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    max_payload_bytes: int = 64 * 1024
+    # Readings stamped further in the future than this are rejected (clock skew).
+    max_future_s: float = 300.0
+    # Readings older than this are rejected (also bounds what a spool replays).
+    max_age_s: float = 30 * 86400.0
+    # Extra reading fields beyond the three defaults (e.g. vibration for a new model).
+    extra_fields: tuple[FieldConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    # Micro-batch bounds: score when this many readings are waiting...
+    batch_max: int = 500
+    # ...or when the oldest waiting reading is this old.
+    batch_max_wait_ms: float = 20.0
+    # Batches handed to the writer; when full, scoring waits (back-pressure).
+    write_queue_batches: int = 64
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    # Consecutive anomalous readings before an alert fires.
+    fire_after: int = 1
+    # Consecutive normal readings before a firing alert resolves.
+    resolve_after: int = 5
+    # While firing, repeat the alert at most this often (0: never).
+    renotify_s: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.fire_after < 1 or self.resolve_after < 1:
+            raise ValueError("alerts.fire_after and alerts.resolve_after must be >= 1")
+
+
+@dataclass(frozen=True)
+class InfluxConfig:
+    # 1: InfluxDB 1.x HTTP API (/write); 2: v2 write API via influxdb-client (2.x/3.x/Cloud).
+    api: int = 1
+    url: str = "http://localhost:8086"
+    # v1
+    database: str = "factory"
+    retention_policy: str = ""
+    username: str = ""
+    password: str = ""
+    password_file: str = ""
+    # Create the database at start-up if missing (v1 only; needs admin rights).
+    create_database: bool = True
+    # v2
+    org: str = ""
+    bucket: str = "factory"
+    token: str = ""
+    token_file: str = ""
+    # Write batching
+    batch_max_points: int = 5000
+    flush_interval_ms: float = 200.0
+    timeout_s: float = 10.0
+    retry_min_s: float = 0.5
+    retry_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.api not in (1, 2):
+            raise ValueError("influx.api must be 1 or 2")
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError("influx.url must start with http:// or https://")
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    # Prometheus exposition port (0 disables).
+    port: int = 9108
+    host: str = "127.0.0.1"
+    # How often gateway health is also written to InfluxDB (measurement `gateway`); 0 disables.
+    influx_interval_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # A version directory, a models directory (uses its `current`), or the `current` link.
+    path: str = "var/models/current"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    id: str = field(default_factory=socket.gethostname)
+    log_level: str = "INFO"
+    mqtt: MqttSettings = field(default_factory=MqttSettings)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    alerts: AlertConfig = field(default_factory=AlertConfig)
+    influx: InfluxConfig = field(default_factory=InfluxConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def __post_init__(self) -> None:
+        if not self.id or any(c in self.id for c in "+#/ "):
+            raise ValueError("gateway id must be non-empty without '+', '#', '/' or spaces")
+
+    def decode_limits(self, required: tuple[str, ...]) -> DecodeLimits:
+        fields = DEFAULT_FIELDS + tuple(f.spec() for f in self.decode.extra_fields)
+        return DecodeLimits(
+            fields=fields,
+            required=required,
+            max_payload_bytes=self.decode.max_payload_bytes,
+            max_future_s=self.decode.max_future_s,
+            max_age_s=self.decode.max_age_s,
+        )
+
+
+def load_gateway_config(path: str | Path | None) -> GatewayConfig:
+    return load_config(GatewayConfig, path, ENV_PREFIX)

@@ -1,0 +1,136 @@
+"""The gateway's MQTT session: subscribe, receive, acknowledge late, publish.
+
+Messages are acknowledged manually, only once the reading is durable (see
+``gateway.writer``).  Until then the broker counts them against our Receive Maximum,
+so the number of readings held in memory is bounded by ``mqtt.receive_maximum``, and
+anything not acknowledged when we crash is redelivered through the persistent session.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from common.mqtt import MqttSettings, make_client, start
+from contract import status_topic
+from contract.payloads import OFFLINE, ONLINE
+from gateway.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+# Outgoing alerts / dead letters kept in memory while the broker is away.
+_MAX_OUTGOING_QUEUED = 50_000
+
+
+@dataclass(slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    received_ns: int
+
+
+class MqttIntake:
+    def __init__(
+        self,
+        settings: MqttSettings,
+        gateway_id: str,
+        subscription: str,
+        inbox: queue.Queue[Message],
+        metrics: GatewayMetrics,
+    ):
+        self._settings = settings
+        self._subscription = subscription
+        self._inbox = inbox
+        self._metrics = metrics
+        self._status_topic = status_topic(gateway_id)
+        self.connected = threading.Event()
+        self.subscribed = threading.Event()
+        self._client = make_client(
+            settings, f"gateway-{gateway_id}", will=(self._status_topic, OFFLINE)
+        )
+        self._client.manual_ack_set(True)
+        self._client.max_queued_messages_set(_MAX_OUTGOING_QUEUED)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+        self._accepting = True
+
+    def start(self) -> None:
+        # clean_start=False: resume our persistent session and get what was queued
+        # for us while we were down.
+        start(self._client, self._settings, clean_start=False)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker refused connection: %s", reason_code)
+            return
+        log.info(
+            "connected to %s:%d (session present: %s)",
+            self._settings.host,
+            self._settings.port,
+            flags.session_present,
+        )
+        self.connected.set()
+        self._metrics.connected.set(1)
+        # Subscribing on every connect is idempotent and covers an expired session.
+        client.subscribe(self._subscription, options=SubscribeOptions(qos=1))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        failed = [rc for rc in reason_codes if rc.is_failure]
+        if failed:
+            log.error("subscription to %s refused: %s", self._subscription, failed)
+            return
+        log.info("subscribed to %s", self._subscription)
+        # "online" means ready to receive, so it follows the SUBACK.
+        client.publish(self._status_topic, ONLINE, qos=1, retain=True)
+        self.subscribed.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        self.subscribed.clear()
+        self._metrics.connected.set(0)
+        if reason_code != 0:
+            log.warning("disconnected from broker (%s); reconnecting", reason_code)
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        if not self._accepting:
+            return  # shutting down: leave it unacknowledged, the broker redelivers
+        # Blocks only if the inbox is full, which flow control (Receive Maximum)
+        # prevents for QoS 1; it throttles a QoS 0 flood instead of growing memory.
+        self._inbox.put(Message(msg.topic, msg.payload, msg.mid, msg.qos, time.time_ns()))
+
+    def stop_accepting(self) -> None:
+        self._accepting = False
+
+    def ack(self, messages: list[tuple[int, int]]) -> None:
+        for mid, qos in messages:
+            if qos > 0:
+                self._client.ack(mid, qos)
+
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        info = self._client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            log.error("outgoing MQTT queue full; dropped message for %s", topic)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Publish the retained offline status, then disconnect cleanly.
+
+        A clean DISCONNECT suppresses the last will, so we set offline ourselves.
+        """
+        if self.connected.is_set():
+            info = self._client.publish(self._status_topic, OFFLINE, qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout_s)
+            except RuntimeError:
+                log.warning("could not publish offline status")
+        self._client.disconnect()
+        self._client.loop_stop()

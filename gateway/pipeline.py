@@ -1,0 +1,182 @@
+"""The scoring thread: micro-batch, decode and validate, score, decide, hand to the writer.
+
+One sklearn call per batch, never per message: a forest costs about the same for
+1 row as for 100, so batching is what makes the gateway keep up.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from common.logs import RateLimitedLog
+from contract import Reading, Rejected, alert_topic, deadletter_topic, decode_reading
+from contract.payloads import alert_payload, deadletter_payload
+from contract.topics import UNKNOWN, TopicError, parse_reading_topic
+from gateway.alerts import AlertTracker
+from gateway.config import GatewayConfig
+from gateway.intake import Message
+from gateway.lineprotocol import encode_point
+from gateway.metrics import GatewayMetrics
+from gateway.writer import WriteBatch, Writer
+from model.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+PROCESS_ANOMALY = "process_anomaly"
+
+
+class Processor(threading.Thread):
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        inbox: queue.Queue[Message],
+        scorer: Callable[[], Scorer],
+        writer: Writer,
+        publish: Callable[[str, bytes, bool], None],
+        metrics: GatewayMetrics,
+        on_fatal: Callable[[BaseException], None],
+    ):
+        super().__init__(name="scorer", daemon=True)
+        self._on_fatal = on_fatal
+        self._cfg = cfg
+        self._inbox = inbox
+        self._scorer = scorer
+        self._writer = writer
+        self._publish = publish
+        self._metrics = metrics
+        self._alerts = AlertTracker(cfg.alerts)
+        self._stopping = threading.Event()
+        self._ratelog = RateLimitedLog(log, 10.0)
+        self._limits_for: tuple[tuple[str, ...], object] | None = None
+
+    def stop(self, timeout_s: float) -> None:
+        """Finish what is already in the inbox, then end."""
+        self._stopping.set()
+        self.join(timeout_s)
+
+    def _limits(self, scorer: Scorer):
+        # Required fields follow the active model, so a retrained model with an extra
+        # feature changes validation without a config change.
+        if self._limits_for is None or self._limits_for[0] != scorer.features:
+            self._limits_for = (scorer.features, self._cfg.decode_limits(scorer.features))
+        return self._limits_for[1]
+
+    def _collect(self) -> list[Message]:
+        try:
+            first = self._inbox.get(timeout=0.1)
+        except queue.Empty:
+            return []
+        batch = [first]
+        pc = self._cfg.pipeline
+        deadline = time.monotonic() + pc.batch_max_wait_ms / 1000
+        while len(batch) < pc.batch_max:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(
+                    self._inbox.get(timeout=remaining)
+                    if remaining > 0
+                    else self._inbox.get_nowait()
+                )
+            except queue.Empty:
+                break
+        return batch
+
+    def run(self) -> None:
+        while True:
+            batch = self._collect()
+            if batch:
+                try:
+                    self._process(batch)
+                except Exception as exc:
+                    # A bug must not silently stall the flow: stop the gateway so the
+                    # supervisor restarts it; the batch is unacked and gets redelivered.
+                    log.exception("failed to process a batch of %d messages", len(batch))
+                    self._on_fatal(exc)
+                    return
+            elif self._stopping.is_set():
+                return
+            self._metrics.set_depths(self._inbox.qsize(), self._writer.depth, self._writer.unacked)
+
+    def _process(self, batch: list[Message]) -> None:
+        self._metrics.count_received(len(batch))
+        scorer = self._scorer()  # one model per batch, even if a reload happens meanwhile
+        limits = self._limits(scorer)
+        valid: list[Reading] = []
+        for msg in batch:
+            try:
+                valid.append(decode_reading(msg.topic, msg.payload, msg.received_ns, limits))
+            except Rejected as rej:
+                self._dead_letter(msg, rej)
+        lines: list[str] = []
+        if valid:
+            lines = self._score(valid, scorer)
+        self._writer.submit(WriteBatch(lines, [(m.mid, m.qos) for m in batch], len(valid)))
+
+    def _score(self, readings: list[Reading], scorer: Scorer) -> list[str]:
+        started = time.perf_counter()
+        features = scorer.features
+        x = np.array([[r.values[f] for f in features] for r in readings], dtype=np.float64)
+        scores = scorer.score(x)
+        flags = scores >= scorer.threshold
+        self._metrics.observe_batch(len(readings), time.perf_counter() - started)
+        n_anomalies = int(flags.sum())
+        if n_anomalies:
+            self._metrics.anomalies.inc(n_anomalies)
+        explain = scorer.explain(x[flags]) if n_anomalies else None
+        explained = 0
+        version = scorer.version
+        lines = []
+        for i, reading in enumerate(readings):
+            score = float(scores[i])
+            is_anomaly = bool(flags[i])
+            fields: dict[str, float | int | bool] = dict(reading.values)
+            fields["score"] = score
+            fields["is_anomaly"] = is_anomaly
+            if reading.seq is not None:
+                fields["seq"] = reading.seq
+            tags = {"line": reading.line, "device": reading.device, "model_version": version}
+            lines.append(encode_point("reading", tags, fields, reading.ts_ns))
+            drivers = None
+            if is_anomaly:
+                drivers = scorer.top_contributors(explain[explained])  # type: ignore[index]
+                explained += 1
+            state = self._alerts.update(reading.line, reading.device, is_anomaly, reading.ts_ns)
+            if state is not None:
+                self._alert(reading, state, score, scorer, drivers)
+        return lines
+
+    def _alert(self, reading: Reading, state: str, score: float, scorer: Scorer, drivers) -> None:
+        payload = alert_payload(
+            device=reading.device,
+            line=reading.line,
+            ts_ns=reading.ts_ns,
+            kind=PROCESS_ANOMALY,
+            state=state,
+            score=score,
+            threshold=scorer.threshold,
+            values=reading.values,
+            model_version=scorer.version,
+            seq=reading.seq,
+            drivers=[{"feature": name, "z": round(z, 2)} for name, z in drivers or []],
+        )
+        self._publish(alert_topic(reading.line, reading.device), payload, False)
+        self._metrics.count_alert(PROCESS_ANOMALY, state)
+        log.info("alert %s %s/%s score=%.3f", state, reading.line, reading.device, score)
+
+    def _dead_letter(self, msg: Message, rej: Rejected) -> None:
+        try:
+            line, device = parse_reading_topic(msg.topic)
+        except TopicError:
+            line, device = UNKNOWN, UNKNOWN
+        payload = deadletter_payload(
+            msg.topic, msg.payload, rej.reason, rej.detail, rej.field, msg.received_ns
+        )
+        self._publish(deadletter_topic(line, device), payload, False)
+        self._metrics.count_rejected(rej.reason)
+        self._ratelog.warning(rej.reason, "rejected message on %s: %s", msg.topic[:128], rej.detail)

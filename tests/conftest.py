@@ -1,0 +1,175 @@
+"""Session fixtures: real Mosquitto and InfluxDB on free ports, a trained model,
+and gateway processes started the way a user starts them (``python -m gateway``)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devstack.influxdb import InfluxDB
+from devstack.mosquitto import Mosquitto
+from devstack.process import ManagedProcess, free_port
+from tests.helpers import ROOT, Collector, python_module, unique
+
+TEST_DB = "factory_test"
+
+
+def _require(binary: str) -> None:
+    if shutil.which(binary) is None and not Path(f"/usr/sbin/{binary}").exists():
+        pytest.fail(f"{binary} is not installed; run `make test` (it installs it)")
+
+
+@pytest.fixture(scope="session")
+def mosquitto(tmp_path_factory) -> Iterator[Mosquitto]:
+    _require("mosquitto")
+    broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"), free_port()).start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def influxdb(tmp_path_factory) -> Iterator[InfluxDB]:
+    _require("influxd")
+    db = InfluxDB(tmp_path_factory.mktemp("influxdb"), free_port()).start()
+    db.create_database(TEST_DB)
+    yield db
+    db.stop()
+
+
+@pytest.fixture(scope="session")
+def sim_csv(tmp_path_factory) -> Path:
+    """A labelled simulator dataset, made with the real CLI."""
+    out = tmp_path_factory.mktemp("data") / "sim.csv"
+    result = python_module(
+        "sensors.simulate",
+        "--csv",
+        str(out),
+        "--lines",
+        "2",
+        "--devices",
+        "3",
+        "--interval",
+        "1",
+        "--duration",
+        "3600",
+        "--seed",
+        "7",
+        "--faults",
+        "all",
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory, sim_csv) -> Path:
+    """A model trained with the real CLI on the simulator's labelled data."""
+    models = tmp_path_factory.mktemp("models")
+    result = python_module(
+        "model",
+        "train",
+        "--csv",
+        str(sim_csv),
+        "--models-dir",
+        str(models),
+        "--label-column",
+        "is_anomaly",
+        "--fault-column",
+        "fault",
+        "--timestamp-column",
+        "ts",
+    )
+    assert result.returncode == 0, result.stderr
+    return models
+
+
+class GatewayProcess:
+    """``python -m gateway`` with a config pointing at the test services."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        mosquitto: Mosquitto,
+        influx_url: str,
+        models: Path,
+        extra: str = "",
+        env: dict[str, str] | None = None,
+        api: int = 1,
+        database: str = TEST_DB,
+    ):
+        self.id = unique("gw")
+        self.metrics_port = free_port()
+        self.mosquitto = mosquitto
+        self.config = tmp / f"{self.id}.toml"
+        influx = (
+            f'api = 1\nurl = "{influx_url}"\ndatabase = "{database}"\n'
+            if api == 1
+            else f'api = 2\nurl = "{influx_url}"\nbucket = "{database}"\norg = "test"\n'
+        )
+        self.config.write_text(
+            f"""id = "{self.id}"
+log_level = "INFO"
+[mqtt]
+host = "127.0.0.1"
+port = {mosquitto.port}
+[model]
+path = "{models}/current"
+[influx]
+{influx}flush_interval_ms = 50
+[metrics]
+port = {self.metrics_port}
+influx_interval_s = 1
+{extra}
+"""
+        )
+        self._env = {**os.environ, **(env or {})}
+        self.log = tmp / f"{self.id}.log"
+        self.process: ManagedProcess | None = None
+
+    def start(self, timeout_s: float = 30) -> GatewayProcess:
+        status = Collector(self.mosquitto.port, [f"factory/gateway/{self.id}/status"])
+        try:
+            self.process = ManagedProcess(
+                self.id,
+                [sys.executable, "-m", "gateway", "--config", str(self.config)],
+                self.log,
+                ready=lambda: bool(status.matching(lambda m: m.payload == b"online")),
+                env=self._env,
+                cwd=ROOT,
+            ).start(timeout_s)
+        finally:
+            status.close()
+        return self
+
+    def stop(self) -> int | None:
+        return self.process.stop() if self.process else None
+
+
+@pytest.fixture
+def start_gateway(tmp_path, mosquitto, influxdb, models_dir):
+    started: list[GatewayProcess] = []
+
+    def _start(**kwargs) -> GatewayProcess:
+        kwargs.setdefault("influx_url", influxdb.url)
+        gw = GatewayProcess(tmp_path, mosquitto, models=models_dir, **kwargs).start()
+        started.append(gw)
+        return gw
+
+    yield _start
+    for gw in reversed(started):
+        gw.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory, mosquitto, influxdb, models_dir) -> Iterator[GatewayProcess]:
+    """One gateway shared by a module's tests (each test uses its own device names)."""
+    gw = GatewayProcess(
+        tmp_path_factory.mktemp("gateway"), mosquitto, influxdb.url, models_dir
+    ).start()
+    yield gw
+    gw.stop()

@@ -1,0 +1,119 @@
+"""Test helpers: a collecting MQTT subscriber, real CLI wrappers, condition waits."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from devstack.influxdb import query
+from devstack.process import wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+_ids = itertools.count()
+
+
+def unique(prefix: str) -> str:
+    """Unique device/line names keep tests independent on shared services."""
+    return f"{prefix}-{os.getpid()}-{next(_ids)}"
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: bytes
+    retain: bool
+
+    def json(self):
+        return orjson.loads(self.payload)
+
+
+class Collector:
+    """Subscribes (MQTT v5) and keeps every message; tests wait on conditions."""
+
+    def __init__(self, port: int, topics: list[str], host: str = "127.0.0.1", **auth: str):
+        self.messages: list[Received] = []
+        self._lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=unique("collector"),
+            protocol=mqtt.MQTTv5,
+        )
+        if auth:
+            self.client.username_pw_set(auth["username"], auth.get("password"))
+        self._topics = topics
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1" if host == "localhost" else host, port)
+        self.client.loop_start()
+        wait_until(self._subscribed.is_set, 10, f"subscription to {topics}")
+
+    def _on_connect(self, client, userdata, flags, rc, props) -> None:
+        client.subscribe([(t, 1) for t in self._topics])
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._lock:
+            self.messages.append(Received(msg.topic, msg.payload, msg.retain))
+
+    def matching(self, pred: Callable[[Received], bool]) -> list[Received]:
+        with self._lock:
+            return [m for m in self.messages if pred(m)]
+
+    def wait_for(
+        self, pred: Callable[[Received], bool], timeout_s: float = 10, count: int = 1
+    ) -> list[Received]:
+        wait_until(lambda: len(self.matching(pred)) >= count, timeout_s, "expected MQTT messages")
+        return self.matching(pred)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def mosquitto_pub(port: int, topic: str, message: str | bytes, *extra: str) -> None:
+    """Publish with the real mosquitto_pub, as a user would (QoS 1)."""
+    binary = shutil.which("mosquitto_pub") or "/usr/bin/mosquitto_pub"
+    args = [binary, "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", topic, *extra]
+    if isinstance(message, bytes):
+        subprocess.run([*args, "-s"], input=message, check=True, timeout=10)
+    else:
+        subprocess.run([*args, "-m", message], check=True, timeout=10)
+
+
+def count_points(url: str, db: str, where: str) -> int:
+    series = query(url, f"SELECT count(score) FROM reading WHERE {where}", db)
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def wait_for_points(url: str, db: str, where: str, expected: int, timeout_s: float = 30) -> int:
+    wait_until(
+        lambda: count_points(url, db, where) >= expected,
+        timeout_s,
+        f"{expected} points WHERE {where}",
+        interval_s=0.1,
+    )
+    return count_points(url, db, where)
+
+
+def python_module(*args: str, env: dict[str, str] | None = None, timeout: float = 300):
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        check=False,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )

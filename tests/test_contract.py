@@ -1,0 +1,236 @@
+"""The wire contract: topics, aliases, validation and the reasons for rejection."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from contract import (
+    FIELD_ALIASES,
+    DecodeLimits,
+    Rejected,
+    decode_reading,
+    encode_reading,
+    parse_reading_topic,
+)
+from contract.payloads import deadletter_payload
+
+TOPIC = "factory/line1/press-01/reading"
+NOW_NS = time.time_ns()
+
+
+def decode(body: object, topic: str = TOPIC, limits: DecodeLimits | None = None):
+    payload = body if isinstance(body, bytes) else orjson.dumps(body)
+    return decode_reading(topic, payload, NOW_NS, limits or DecodeLimits())
+
+
+def reason(body: object, topic: str = TOPIC) -> tuple[str, str | None]:
+    with pytest.raises(Rejected) as exc:
+        decode(body, topic)
+    return exc.value.reason, exc.value.field
+
+
+def test_minimal_body_from_mosquitto_pub():
+    r = decode(b'{"temperature_c": 71.2, "humidity_pct": 41.0, "sound_db": 68.5}')
+    assert (r.line, r.device) == ("line1", "press-01")
+    assert r.values == {"temperature_c": 71.2, "humidity_pct": 41.0, "sound_db": 68.5}
+    assert r.ts_ns == NOW_NS  # missing ts -> receive time
+    assert r.seq is None
+
+
+@pytest.mark.parametrize(
+    ("temp", "hum", "sound"),
+    [
+        ("temperature", "humidity", "noise"),
+        ("Temperature_C", "Humidity_%", "Sound_Volume_dB"),
+        ("TEMPERATURE", "HUMIDITY", "sound"),
+        ("temperature", "humidity", "sound_volume"),
+        ("temperature", "humidity", "loudness"),
+    ],
+)
+def test_aliases_map_case_insensitively(temp, hum, sound):
+    r = decode({temp: 20, hum: 50, sound: 60})
+    assert r.values == {"temperature_c": 20.0, "humidity_pct": 50.0, "sound_db": 60.0}
+
+
+def test_every_documented_alias_is_in_the_table():
+    for alias in (
+        "temperature",
+        "humidity",
+        "noise",
+        "sound",
+        "sound_volume",
+        "loudness",
+        "Temperature_C",
+        "Humidity_%",
+        "Sound_Volume_dB",
+    ):
+        assert alias.lower() in FIELD_ALIASES
+
+
+def test_timestamps_rfc3339_and_epoch():
+    r = decode(
+        {
+            "temperature_c": 1,
+            "humidity_pct": 2,
+            "sound_db": 3,
+            "ts": "2026-11-22T06:00:00.250Z",
+            "seq": 9,
+        }
+    )
+    assert r.ts_ns == 1795327200_250_000_000 and r.seq == 9
+    r = decode({"temperature_c": 1, "humidity_pct": 2, "sound_db": 3, "ts": 1795327200.5})
+    assert r.ts_ns == 1795327200_500_000_000
+    r = decode(
+        {"temperature_c": 1, "humidity_pct": 2, "sound_db": 3, "ts": "2026-11-22T07:00:00+01:00"}
+    )
+    assert r.ts_ns == 1795327200_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"not json", ("not_json", None)),
+        (b'{"temperature_c": NaN, "humidity_pct": 1, "sound_db": 1}', ("not_json", None)),
+        (b'{"temperature_c": Infinity, "humidity_pct": 1, "sound_db": 1}', ("not_json", None)),
+        (b"[1, 2, 3]", ("not_object", None)),
+        (b'"text"', ("not_object", None)),
+        (
+            {"temperature_c": "71", "humidity_pct": 1, "sound_db": 1},
+            ("wrong_type", "temperature_c"),
+        ),
+        (
+            {"temperature_c": True, "humidity_pct": 1, "sound_db": 1},
+            ("wrong_type", "temperature_c"),
+        ),
+        (
+            {"temperature_c": None, "humidity_pct": 1, "sound_db": 1},
+            ("wrong_type", "temperature_c"),
+        ),
+        ({"temperature_c": 1, "humidity_pct": 1}, ("missing_field", "sound_db")),
+        (
+            {"temperature_c": 1, "humidity_pct": 101, "sound_db": 1},
+            ("out_of_range", "humidity_pct"),
+        ),
+        ({"temperature_c": 1e308 * 10, "humidity_pct": 1, "sound_db": 1}, ("not_json", None)),
+        (
+            {"temperature_c": 1, "humidity_pct": 1, "sound_db": 1, "ts": "yesterday"},
+            ("bad_timestamp", "ts"),
+        ),
+        (
+            {"temperature_c": 1, "humidity_pct": 1, "sound_db": 1, "ts": "2026-11-22T06:00:00"},
+            ("bad_timestamp", "ts"),
+        ),
+        (
+            {"temperature_c": 1, "humidity_pct": 1, "sound_db": 1, "ts": 1795327200000},
+            ("bad_timestamp", "ts"),
+        ),
+        ({"temperature_c": 1, "humidity_pct": 1, "sound_db": 1, "ts": 0}, ("bad_timestamp", "ts")),
+        (
+            {"temperature_c": 1, "humidity_pct": 1, "sound_db": 1, "ts": NOW_NS / 1e9 + 3600},
+            ("bad_timestamp", "ts"),
+        ),
+        ({"temperature_c": 1, "humidity_pct": 1, "sound_db": 1, "seq": -1}, ("bad_seq", "seq")),
+        ({"temperature_c": 1, "humidity_pct": 1, "sound_db": 1, "seq": 1.5}, ("bad_seq", "seq")),
+    ],
+)
+def test_rejections_name_reason_and_field(body, expected):
+    if isinstance(body, dict) and any(
+        isinstance(v, float) and not math.isfinite(v) for v in body.values()
+    ):
+        body = b'{"temperature_c": 1e400, "humidity_pct": 1, "sound_db": 1}'
+    assert reason(body) == expected
+
+
+def test_too_large_is_rejected_before_parsing():
+    body = (
+        b'{"temperature_c": 1, "humidity_pct": 1, "sound_db": 1, "pad": "'
+        + b"x" * 1_000_000
+        + b'"}'
+    )
+    assert reason(body) == ("too_large", None)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "factory/line1/reading",
+        "factory/alerts/x/reading",
+        "plant/l/d/reading",
+        "factory/l/d/status",
+        "factory/l/d e v/reading",
+    ],
+)
+def test_bad_topics(topic):
+    assert reason({"temperature_c": 1, "humidity_pct": 1, "sound_db": 1}, topic)[0] == "bad_topic"
+
+
+def test_unknown_fields_are_ignored_not_stored():
+    r = decode({"temperature_c": 1, "humidity_pct": 1, "sound_db": 1, "firmware": "1.2"})
+    assert set(r.values) == {"temperature_c", "humidity_pct", "sound_db"}
+
+
+def test_required_fields_follow_the_model():
+    from contract.fields import DEFAULT_FIELDS, FieldSpec
+
+    vib = FieldSpec("vibration_mm_s", "mm/s", 0, 100, aliases=("vibration",))
+    limits = DecodeLimits(
+        fields=(*DEFAULT_FIELDS, vib), required=("temperature_c", "vibration_mm_s")
+    )
+    r = decode({"temperature_c": 1, "vibration": 3.5}, limits=limits)
+    assert r.values == {"temperature_c": 1.0, "vibration_mm_s": 3.5}
+    with pytest.raises(Rejected, match="vibration_mm_s"):
+        decode({"temperature_c": 1}, limits=limits)
+
+
+def test_encode_round_trip():
+    payload = encode_reading(
+        {"temperature_c": 70.5, "humidity_pct": 40.0, "sound_db": 80.0}, ts=NOW_NS / 1e9, seq=4
+    )
+    r = decode(payload)
+    assert r.values["temperature_c"] == 70.5 and r.seq == 4
+
+
+def test_parse_topic():
+    assert parse_reading_topic("factory/line-2/mill_07/reading") == ("line-2", "mill_07")
+
+
+def test_deadletter_payload_keeps_a_prefix():
+    body = deadletter_payload(TOPIC, b"\xff" * 5000, "not_json", "bad", None, NOW_NS)
+    out = orjson.loads(body)
+    assert out["truncated"] is True and out["payload_bytes"] == 5000
+    assert out["reason"] == "not_json" and out["topic"] == TOPIC
+
+
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_never_raise_anything_but_rejected(data):
+    with contextlib.suppress(Rejected):
+        decode(data)
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=20),
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.floats(allow_nan=True),
+            st.text(max_size=10),
+            st.lists(st.integers(), max_size=3),
+        ),
+        max_size=8,
+    )
+)
+def test_arbitrary_objects_are_valid_or_rejected(obj):
+    try:
+        r = decode(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS) if obj else b"{}")
+    except (Rejected, TypeError):
+        return
+    assert all(math.isfinite(v) for v in r.values.values())
