@@ -8,12 +8,14 @@ and counted (serial bridge: blocking would overflow the serial buffer instead).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 
 import paho.mqtt.client as mqtt
 
+from common.logs import RateLimitedLog
 from common.mqtt import MqttSettings, make_client, start
 from contract import reading_topic
 
@@ -23,15 +25,21 @@ log = logging.getLogger(__name__)
 class ReadingPublisher:
     def __init__(self, settings: MqttSettings, client_id: str, max_pending: int = 10_000):
         self._client = make_client(settings, client_id)
-        self._settings = settings
+        # A publisher needs no broker-side session once it is gone: its unacked
+        # readings live in its own outbox, not in the broker.
+        self._settings = dataclasses.replace(settings, session_expiry_s=0)
         self._max_pending = max_pending
         self._client.max_inflight_messages_set(min(max_pending, 1000))
         self._client.max_queued_messages_set(max_pending)
         self._cond = threading.Condition()
         self._pending: set[int] = set()
         self._early_acks: set[int] = set()
-        self.published = 0  # acknowledged by the broker
+        self._reserved = 0
+        self.published = 0  # acknowledged by the broker with a success reason code
         self.dropped = 0  # refused because the outbox was full
+        # PUBACK with a failure reason (not authorized, quota exceeded...): not delivered.
+        self.refused = 0
+        self._refusal_log = RateLimitedLog(log, 10.0)
         self.connected = threading.Event()
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -65,8 +73,13 @@ class ReadingPublisher:
                 self._pending.discard(mid)
             else:  # the ack can beat publish() returning its mid
                 self._early_acks.add(mid)
-            self.published += 1
+            if reason_code.is_failure:
+                self.refused += 1
+            else:
+                self.published += 1
             self._cond.notify_all()
+        if reason_code.is_failure:
+            self._refusal_log.warning("refused", "broker refused a reading: %s", reason_code)
 
     @property
     def pending(self) -> int:
@@ -77,12 +90,17 @@ class ReadingPublisher:
         """Queue one reading at QoS 1. Returns False if dropped because the outbox is full."""
         with self._cond:
             if block:
-                while len(self._pending) >= self._max_pending:
+                while self._reserved + len(self._pending) >= self._max_pending:
                     self._cond.wait(1.0)
-            elif len(self._pending) >= self._max_pending:
+            elif self._reserved + len(self._pending) >= self._max_pending:
                 self.dropped += 1
                 return False
-            info = self._client.publish(reading_topic(line, device), payload, qos=1)
+            self._reserved += 1
+        # paho runs on_publish while holding its own outgoing-message lock, so we
+        # must not hold ours while calling into paho (lock-order inversion).
+        info = self._client.publish(reading_topic(line, device), payload, qos=1)
+        with self._cond:
+            self._reserved -= 1
             if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
                 self.dropped += 1
                 return False

@@ -1,0 +1,234 @@
+"""On-disk model artifacts: immutable versions plus an atomically switched ``current``.
+
+Layout::
+
+    <models_dir>/
+        20240501T120000Z-3fa9c2d1/      one directory per trained model, never modified
+            model.joblib               {"pipeline": Pipeline, "detector": name}
+            metadata.json              features, threshold, calibration, metrics, ...
+        current -> 20240501T120000Z-3fa9c2d1
+
+A version directory is written under a temporary name and renamed into place, and
+``current`` is replaced with ``os.replace`` on a fresh symlink, so a reader (gateway,
+API worker) sees either the old model or the new one, never a half-written one.
+
+joblib files are pickles: loading one runs code.  The models directory must only be
+writable by the account that trains models.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+
+_LOG = logging.getLogger(__name__)
+
+MODEL_FILE = "model.joblib"
+METADATA_FILE = "metadata.json"
+CURRENT = "current"
+
+
+class ModelError(Exception):
+    """A model artifact is missing, incomplete or unreadable; the message says which."""
+
+
+def utc_now_rfc3339() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def make_version(created_at: str, data_sha256: str) -> str:
+    """``YYYYmmddTHHMMSSZ-<first 8 hex of the data sha256>``."""
+    stamp = datetime.fromisoformat(created_at).astimezone(UTC)
+    digest = (data_sha256 or "0" * 8).lower()[:8]
+    return f"{stamp:%Y%m%dT%H%M%SZ}-{digest}"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_artifact(
+    models_dir: str | Path,
+    pipeline: Any,
+    metadata: dict[str, Any],
+    activate: bool = True,
+) -> Path:
+    """Write a new version directory and (by default) make it ``current``.
+
+    The version name comes from ``metadata["created_at"]`` (set to now if absent) and
+    ``metadata["training"]["data_sha256"]``; ``-2``, ``-3``... are appended if it is
+    taken.  ``metadata["version"]`` is filled in.  Returns the version directory.
+    """
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    metadata = dict(metadata)
+    metadata.setdefault("created_at", utc_now_rfc3339())
+    base = make_version(metadata["created_at"], metadata.get("training", {}).get("data_sha256", ""))
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=models_dir))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700; services may run as another user
+        joblib.dump({"pipeline": pipeline, "detector": metadata.get("detector")}, tmp / MODEL_FILE)
+        with open(tmp / MODEL_FILE, "rb") as fh:
+            os.fsync(fh.fileno())
+        for attempt in range(1, 1000):
+            version = base if attempt == 1 else f"{base}-{attempt}"
+            target = models_dir / version
+            if target.exists() or target.is_symlink():
+                continue
+            metadata["version"] = version
+            body = json.dumps(metadata, indent=2, allow_nan=False, default=_json_default)
+            _write_file(tmp / METADATA_FILE, body.encode("utf-8") + b"\n")
+            try:
+                os.rename(tmp, target)
+            except OSError:
+                # Lost a race with a concurrent save of the same version; try the next.
+                if target.exists():
+                    continue
+                raise
+            break
+        else:
+            raise ModelError(f"too many versions named {base}-N in {models_dir}")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(models_dir)
+    _LOG.info("saved model version %s in %s", version, models_dir)
+    if activate:
+        _switch_current(models_dir, version)
+    return target
+
+
+def read_metadata(version_dir: str | Path) -> dict[str, Any]:
+    path = Path(version_dir) / METADATA_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"model metadata missing: {path}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"model metadata unreadable: {path}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ModelError(f"model metadata is not a JSON object: {path}")
+    return data
+
+
+def _check_version_dir(models_dir: Path, version: str) -> Path:
+    if "/" in version or version in {"", ".", "..", CURRENT} or version.startswith("."):
+        raise ModelError(f"invalid model version name {version!r}")
+    target = models_dir / version
+    if not target.is_dir() or target.is_symlink():
+        known = ", ".join(list_versions(models_dir)) or "none"
+        raise ModelError(f"model version {version!r} not found in {models_dir}; known: {known}")
+    if not (target / MODEL_FILE).is_file():
+        raise ModelError(f"model version {version!r} has no {MODEL_FILE}")
+    meta = read_metadata(target)
+    if meta.get("version") != version:
+        raise ModelError(
+            f"model version {version!r}: metadata says version {meta.get('version')!r}"
+        )
+    return target
+
+
+def _switch_current(models_dir: Path, version: str) -> None:
+    link = models_dir / CURRENT
+    if link.exists() and not link.is_symlink():
+        raise ModelError(f"{link} exists and is not a symlink; refusing to replace it")
+    tmp_link = models_dir / f".{CURRENT}-{os.getpid()}-{secrets.token_hex(4)}"
+    # Relative target: the models directory can be moved or bind-mounted elsewhere.
+    os.symlink(version, tmp_link)
+    try:
+        os.replace(tmp_link, link)
+    except BaseException:
+        tmp_link.unlink(missing_ok=True)
+        raise
+    _fsync_dir(models_dir)
+    _LOG.info("active model is now %s", version)
+
+
+def activate(models_dir: str | Path, version: str) -> Path:
+    """Point ``current`` at an existing version (atomic); returns the version directory."""
+    models_dir = Path(models_dir)
+    target = _check_version_dir(models_dir, version)
+    _switch_current(models_dir, version)
+    return target
+
+
+def list_versions(models_dir: str | Path) -> list[str]:
+    """Version names in ``models_dir``, oldest first (names sort chronologically)."""
+    models_dir = Path(models_dir)
+    if not models_dir.is_dir():
+        return []
+    return sorted(
+        entry.name
+        for entry in models_dir.iterdir()
+        if not entry.name.startswith(".")
+        and entry.name != CURRENT
+        and entry.is_dir()
+        and not entry.is_symlink()
+        and (entry / METADATA_FILE).is_file()
+    )
+
+
+def active_version(models_dir: str | Path) -> str | None:
+    """Name of the version ``current`` points at, or None if there is no ``current``."""
+    link = Path(models_dir) / CURRENT
+    if not link.is_symlink():
+        return None
+    return Path(os.readlink(link)).name
+
+
+def resolve(path: str | Path) -> Path:
+    """The real version directory for a version dir, a ``current`` symlink or a models dir.
+
+    Symlinks are resolved here, once: callers that keep the result keep that version
+    even if ``current`` is switched afterwards.
+    """
+    path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ModelError(f"{path} points to {os.readlink(path)!r}, which does not exist")
+    if not path.exists():
+        raise ModelError(f"model path not found: {path}")
+    if not path.is_dir():
+        raise ModelError(f"model path is not a directory: {path}")
+    if (path / METADATA_FILE).exists() or (path / MODEL_FILE).exists():
+        return Path(os.path.realpath(path))
+    current = path / CURRENT
+    if current.is_symlink() or current.exists():
+        return resolve(current)
+    versions = list_versions(path)
+    if versions:
+        raise ModelError(
+            f"{path} has no active model ('{CURRENT}' missing); activate one of: "
+            + ", ".join(versions)
+        )
+    raise ModelError(f"{path} is neither a model version nor a models directory with a model")

@@ -1,0 +1,446 @@
+"""Load sensor readings from any CSV into numeric arrays for training and scoring.
+
+Feature columns are named by the caller (default: the contract's three fields) and
+matched against the header exactly, then case-insensitively, then through the
+contract alias table, so ``Temperature_C`` satisfies ``temperature_c``.  Features
+outside the alias table (a plant's ``vibration_mm_s``) just need to exist in the
+header.  Every problem raises :class:`DatasetError` with a message that names the
+file, the column and, for bad values, the line number.
+
+Labels and fault columns use one vocabulary: ``NORMAL_TOKENS`` (0, false, no, none,
+normal, ok, empty, ...) mean "normal", anything else means "anomaly".
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import numpy as np
+
+from contract.fields import DEFAULT_FIELDS, canonical_field
+
+_LOG = logging.getLogger(__name__)
+
+NORMAL_TOKENS = frozenset(
+    {"", "0", "0.0", "false", "f", "no", "n", "none", "normal", "nominal", "ok"}
+)
+DEFAULT_CHUNK_ROWS = 50_000
+
+# Real exports carry long free-text columns; the stdlib default (128 KiB) is too small.
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+
+
+class DatasetError(ValueError):
+    """The CSV cannot be used as asked; the message says what and where."""
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    X: np.ndarray  # float64 (n, k), columns in feature_names order
+    y: np.ndarray | None  # int8 0/1, 1 = anomaly
+    faults: np.ndarray | None  # str fault type per row ("" / "none" = normal)
+    ts: np.ndarray | None  # raw timestamp strings, unparsed
+    feature_names: tuple[str, ...]  # canonical names (contract names when known)
+    rows_dropped: int = 0
+    columns: tuple[str, ...] = ()  # CSV header names the features were read from
+    source: str | None = None  # file name, for provenance
+    sha256: str | None = None  # of the file bytes
+    label_column: str | None = None  # header names, recorded in model metadata
+    fault_column: str | None = None
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+
+@dataclass(frozen=True)
+class CsvLayout:
+    """Which header column feeds which role."""
+
+    header: tuple[str, ...]
+    feature_names: tuple[str, ...]
+    feature_index: tuple[int, ...]
+    timestamp_index: int | None = None
+    label_index: int | None = None
+    fault_index: int | None = None
+
+    @property
+    def feature_columns(self) -> tuple[str, ...]:
+        return tuple(self.header[i] for i in self.feature_index)
+
+
+@dataclass(eq=False)
+class Chunk:
+    """Up to ``chunk_rows`` data rows; ``kept`` indexes the rows that parsed."""
+
+    rows: list[list[str]]
+    lines: list[int]  # file line number of each row (header is line 1)
+    X: np.ndarray
+    y: np.ndarray | None
+    faults: np.ndarray | None
+    ts: np.ndarray | None
+    kept: np.ndarray  # int indices into rows
+    dropped: int = 0
+
+
+def default_features() -> list[str]:
+    return [spec.name for spec in DEFAULT_FIELDS]
+
+
+def canonical_feature(name: str) -> str:
+    """Contract name for a known field or alias; other names stay as given."""
+    return canonical_field(name) or name.strip()
+
+
+def labels_from_strings(values: Sequence[str]) -> np.ndarray:
+    """0 for NORMAL_TOKENS (case/whitespace-insensitive), 1 for anything else."""
+    normal = NORMAL_TOKENS
+    return np.fromiter(
+        (0 if v.strip().lower() in normal else 1 for v in values),
+        dtype=np.int8,
+        count=len(values),
+    )
+
+
+def fault_labels(faults: np.ndarray) -> np.ndarray:
+    """Binary labels derived from a fault-type column (no fault = normal)."""
+    return labels_from_strings(list(faults))
+
+
+def file_sha256(path: str | Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _describe_header(header: Sequence[str]) -> str:
+    shown = ", ".join(repr(h) for h in header[:30])
+    more = f", ... ({len(header)} columns)" if len(header) > 30 else ""
+    return f"[{shown}{more}]"
+
+
+def _delimiter_hint(header: Sequence[str], delimiter: str) -> str:
+    if len(header) != 1:
+        return ""
+    for candidate in (";", "\t", ",", "|"):
+        if candidate != delimiter and candidate in header[0]:
+            return f" (the header has a single column; is the delimiter {candidate!r}?)"
+    return ""
+
+
+def _find_column(header: Sequence[str], wanted: str, *, use_aliases: bool) -> int | None:
+    """Index of ``wanted``: exact, then case-insensitive, then through the alias table."""
+    exact = [i for i, h in enumerate(header) if h == wanted]
+    if len(exact) > 1:
+        raise DatasetError(f"column {wanted!r} appears {len(exact)} times in the header")
+    if exact:
+        return exact[0]
+    folded = [i for i, h in enumerate(header) if h.lower() == wanted.lower()]
+    if len(folded) == 1:
+        return folded[0]
+    if len(folded) > 1:
+        names = [header[i] for i in folded]
+        raise DatasetError(f"column {wanted!r} is ambiguous: header has {names}")
+    if not use_aliases:
+        return None
+    target = canonical_field(wanted)
+    if target is None:
+        return None
+    aliased = [i for i, h in enumerate(header) if canonical_field(h) == target]
+    if len(aliased) > 1:
+        names = [header[i] for i in aliased]
+        raise DatasetError(f"column {wanted!r} is ambiguous: header has aliases {names}")
+    return aliased[0] if aliased else None
+
+
+def resolve_layout(
+    header: Sequence[str],
+    features: Sequence[str] | None,
+    *,
+    timestamp_column: str | None = None,
+    label_column: str | None = None,
+    fault_column: str | None = None,
+    source: str = "CSV",
+    delimiter: str = ",",
+) -> CsvLayout:
+    """Map requested features and optional columns onto header positions."""
+    header = tuple(header)
+    wanted = default_features() if features is None else list(features)
+    if not wanted:
+        raise DatasetError("no feature columns requested")
+    names = [canonical_feature(f) for f in wanted]
+    if len(set(names)) != len(names):
+        raise DatasetError(f"duplicate features requested: {wanted}")
+
+    def need(column: str, role: str, *, use_aliases: bool) -> int:
+        index = _find_column(header, column, use_aliases=use_aliases)
+        if index is None:
+            raise DatasetError(
+                f"{source}: {role} column {column!r} not found; available columns: "
+                f"{_describe_header(header)}{_delimiter_hint(header, delimiter)}"
+            )
+        return index
+
+    feature_index = tuple(need(f, "feature", use_aliases=True) for f in wanted)
+    if len(set(feature_index)) != len(feature_index):
+        raise DatasetError(f"{source}: two features map to the same column: {wanted}")
+    optional = {}
+    for role, column in (
+        ("timestamp", timestamp_column),
+        ("label", label_column),
+        ("fault", fault_column),
+    ):
+        optional[role] = None if column is None else need(column, role, use_aliases=False)
+    return CsvLayout(
+        header=header,
+        feature_names=tuple(names),
+        feature_index=feature_index,
+        timestamp_index=optional["timestamp"],
+        label_index=optional["label"],
+        fault_index=optional["fault"],
+    )
+
+
+def _column_to_float(values: list[str]) -> np.ndarray:
+    try:
+        return np.array(values, dtype=np.float64)
+    except ValueError:
+        pass
+    # Slow path only when something did not parse: NaN marks the bad cells.
+    out = np.empty(len(values), dtype=np.float64)
+    for i, value in enumerate(values):
+        try:
+            out[i] = float(value)
+        except ValueError:
+            out[i] = np.nan
+    return out
+
+
+class CsvSource:
+    """An open CSV with a resolved layout, read in chunks (constant memory)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        features: Sequence[str] | None = None,
+        delimiter: str = ",",
+        timestamp_column: str | None = None,
+        label_column: str | None = None,
+        fault_column: str | None = None,
+    ):
+        self.path = Path(path)
+        self.name = self.path.name
+        if len(delimiter) != 1:
+            raise DatasetError(f"delimiter must be one character, got {delimiter!r}")
+        try:
+            # utf-8-sig: spreadsheet exports often start with a byte-order mark.
+            self._fh: IO[str] = open(self.path, encoding="utf-8-sig", newline="")  # noqa: SIM115
+        except FileNotFoundError:
+            raise DatasetError(f"CSV file not found: {self.path}") from None
+        except IsADirectoryError:
+            raise DatasetError(f"CSV path is a directory: {self.path}") from None
+        except OSError as exc:
+            raise DatasetError(f"cannot open {self.path}: {exc.strerror}") from None
+        try:
+            self._reader = csv.reader(self._fh, delimiter=delimiter)
+            header = self._next_row()
+            if header is None:
+                raise DatasetError(f"{self.name}: file is empty (no header line)")
+            self.layout = resolve_layout(
+                [h.strip() for h in header],
+                features,
+                timestamp_column=timestamp_column,
+                label_column=label_column,
+                fault_column=fault_column,
+                source=self.name,
+                delimiter=delimiter,
+            )
+        except BaseException:
+            self._fh.close()
+            raise
+
+    @property
+    def header(self) -> tuple[str, ...]:
+        return self.layout.header
+
+    def _next_row(self) -> list[str] | None:
+        """Next non-blank row, or None at end of file."""
+        try:
+            for row in self._reader:
+                if row:
+                    return row
+        except csv.Error as exc:
+            raise DatasetError(f"{self.name} line {self._reader.line_num}: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise DatasetError(
+                f"{self.name}: not UTF-8 text near line {self._reader.line_num + 1}: {exc.reason}"
+            ) from None
+        return None
+
+    def chunks(
+        self, chunk_rows: int = DEFAULT_CHUNK_ROWS, *, drop_invalid: bool = False
+    ) -> Iterator[Chunk]:
+        while True:
+            rows: list[list[str]] = []
+            lines: list[int] = []
+            while len(rows) < chunk_rows:
+                row = self._next_row()
+                if row is None:
+                    break
+                rows.append(row)
+                lines.append(self._reader.line_num)
+            if not rows:
+                return
+            yield self._parse(rows, lines, drop_invalid)
+
+    def _parse(self, rows: list[list[str]], lines: list[int], drop_invalid: bool) -> Chunk:
+        layout = self.layout
+        width = len(layout.header)
+        bad_width = np.fromiter((len(r) != width for r in rows), dtype=bool, count=len(rows))
+        if bad_width.any():
+            pad = [""] * width
+            cells = [pad if bad else r for r, bad in zip(rows, bad_width, strict=True)]
+        else:
+            cells = rows
+        X = np.empty((len(rows), len(layout.feature_index)), dtype=np.float64)
+        for j, col in enumerate(layout.feature_index):
+            X[:, j] = _column_to_float([r[col] for r in cells])
+        invalid = bad_width | ~np.isfinite(X).all(axis=1)
+        if invalid.any() and not drop_invalid:
+            first = int(np.flatnonzero(invalid)[0])
+            raise DatasetError(self._explain_invalid(rows[first], lines[first], X[first]))
+        kept = np.flatnonzero(~invalid)
+        kept_cells = [cells[i] for i in kept] if invalid.any() else cells
+
+        def column(index: int | None) -> list[str] | None:
+            return None if index is None else [r[index] for r in kept_cells]
+
+        labels = column(layout.label_index)
+        faults = column(layout.fault_index)
+        stamps = column(layout.timestamp_index)
+        return Chunk(
+            rows=rows,
+            lines=lines,
+            X=X[kept] if invalid.any() else X,
+            y=None if labels is None else labels_from_strings(labels),
+            faults=None if faults is None else np.array([f.strip() for f in faults], dtype=str),
+            ts=None if stamps is None else np.array(stamps, dtype=str),
+            kept=kept,
+            dropped=int(invalid.sum()),
+        )
+
+    def _explain_invalid(self, row: list[str], line: int, values: np.ndarray) -> str:
+        where = f"{self.name} line {line}"
+        width = len(self.layout.header)
+        if len(row) != width:
+            return (
+                f"{where}: expected {width} fields, found {len(row)} "
+                "(use --drop-invalid to skip such rows)"
+            )
+        for col, value in zip(self.layout.feature_index, values, strict=True):
+            if not np.isfinite(value):
+                raw = row[col]
+                what = "is empty" if not raw.strip() else f"value {raw!r} is not a finite number"
+                return (
+                    f"{where}: column {self.layout.header[col]!r} {what} "
+                    "(use --drop-invalid to skip such rows)"
+                )
+        return f"{where}: invalid row"
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> CsvSource:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@dataclass
+class _Parts:
+    X: list[np.ndarray] = field(default_factory=list)
+    y: list[np.ndarray] = field(default_factory=list)
+    faults: list[np.ndarray] = field(default_factory=list)
+    ts: list[np.ndarray] = field(default_factory=list)
+
+
+def _concat(parts: list[np.ndarray], present: bool) -> np.ndarray | None:
+    if not present:
+        return None
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def load_csv(
+    path: str | Path,
+    *,
+    features: list[str] | None = None,
+    delimiter: str = ",",
+    timestamp_column: str | None = None,
+    label_column: str | None = None,
+    fault_column: str | None = None,
+    drop_invalid: bool = False,
+) -> Dataset:
+    """Read the whole CSV into a :class:`Dataset` (see the module docstring for matching).
+
+    Rows whose feature values are empty, non-numeric or non-finite, or that have the
+    wrong number of fields, raise :class:`DatasetError` naming the line, unless
+    ``drop_invalid`` is set; then they are skipped and counted in ``rows_dropped``.
+    """
+    parts = _Parts()
+    dropped = 0
+    with CsvSource(
+        path,
+        features=features,
+        delimiter=delimiter,
+        timestamp_column=timestamp_column,
+        label_column=label_column,
+        fault_column=fault_column,
+    ) as source:
+        layout = source.layout
+        for chunk in source.chunks(drop_invalid=drop_invalid):
+            dropped += chunk.dropped
+            parts.X.append(chunk.X)
+            if chunk.y is not None:
+                parts.y.append(chunk.y)
+            if chunk.faults is not None:
+                parts.faults.append(chunk.faults)
+            if chunk.ts is not None:
+                parts.ts.append(chunk.ts)
+    k = len(layout.feature_names)
+    X = np.concatenate(parts.X) if parts.X else np.empty((0, k))
+    if X.shape[0] == 0:
+        detail = f" ({dropped} invalid rows dropped)" if dropped else ""
+        raise DatasetError(f"{source.name}: no usable data rows{detail}")
+    if dropped:
+        _LOG.warning("%s: dropped %d invalid rows", source.name, dropped)
+    y = _concat(parts.y, layout.label_index is not None)
+    return Dataset(
+        X=X,
+        y=None if y is None else y.astype(np.int8),
+        faults=_concat(parts.faults, layout.fault_index is not None),
+        ts=_concat(parts.ts, layout.timestamp_index is not None),
+        feature_names=layout.feature_names,
+        rows_dropped=dropped,
+        columns=layout.feature_columns,
+        source=source.name,
+        sha256=file_sha256(path),
+        label_column=_header_name(layout, layout.label_index),
+        fault_column=_header_name(layout, layout.fault_index),
+    )
+
+
+def _header_name(layout: CsvLayout, index: int | None) -> str | None:
+    return None if index is None else layout.header[index]

@@ -1,0 +1,166 @@
+"""The one scoring object shared by the gateway and the API.
+
+    scorer = load_scorer("var/models/current")
+    scores = scorer.score(X)              # X: (n, k) float, columns in scorer.features
+    alerts = scores >= scorer.threshold
+    z = scorer.explain(X[alerts])         # why: signed deviation per feature
+    scorer.top_contributors(z[0])         # [("temperature_c", 6.2), ...]
+
+A Scorer is immutable after loading, so one instance may serve concurrent
+``score()`` calls from several threads.  ``load_scorer`` resolves ``current`` once:
+to pick up a newly activated model, load a new Scorer and swap the reference.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import sklearn
+
+from model.artifact import MODEL_FILE, ModelError, read_metadata, resolve
+from model.calibration import Calibration
+from model.detectors import raw_scores
+
+_LOG = logging.getLogger(__name__)
+
+_REQUIRED_METADATA = (
+    "version",
+    "detector",
+    "features",
+    "threshold",
+    "calibration",
+    "feature_stats",
+)
+
+__all__ = ["ModelError", "Scorer", "load_scorer"]
+
+
+class Scorer:
+    def __init__(self, pipeline: Any, metadata: dict[str, Any], path: str | Path):
+        self.path = Path(path)
+        self.metadata = metadata
+        self.version: str = str(metadata["version"])
+        self.detector: str = str(metadata["detector"])
+        self.features: tuple[str, ...] = tuple(str(f["name"]) for f in metadata["features"])
+        self.threshold = float(metadata["threshold"])
+        self.calibration = Calibration.from_dict(metadata["calibration"])
+        stats = metadata["feature_stats"]
+        self._mean = np.array([float(stats[f]["mean"]) for f in self.features])
+        std = np.array([float(stats[f]["std"]) for f in self.features])
+        # A feature that never varied in training: measure deviation in its own units.
+        self._std = np.where(np.isfinite(std) & (std > 0), std, 1.0)
+        self._pipeline = pipeline
+        if not self.features:
+            raise ValueError("model has no features")
+
+    def __repr__(self) -> str:
+        return f"Scorer(version={self.version!r}, features={self.features!r})"
+
+    def _check(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        k = len(self.features)
+        if X.ndim != 2 or X.shape[1] != k:
+            raise ValueError(
+                f"expected a 2-D array of shape (n, {k}) with columns {list(self.features)}, "
+                f"got shape {X.shape}"
+            )
+        finite = np.isfinite(X)
+        if not finite.all():
+            row, col = np.argwhere(~finite)[0]
+            raise ValueError(f"row {row}: {self.features[col]} is {X[row, col]} (not finite)")
+        return X
+
+    def raw_score(self, X: np.ndarray) -> np.ndarray:
+        """Uncalibrated detector scores (higher = more anomalous), shape (n,)."""
+        X = self._check(X)
+        if X.shape[0] == 0:
+            return np.empty(0)
+        return raw_scores(self._pipeline, X)
+
+    def score(self, X: np.ndarray) -> np.ndarray:
+        """Calibrated anomaly scores in [0, 1], shape (n,); alert iff >= ``threshold``."""
+        return self.calibration.apply(self.raw_score(X))
+
+    def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(scores) >= self.threshold
+
+    def explain(self, X: np.ndarray) -> np.ndarray:
+        """Per-feature signed z-deviation from the training mean, shape (n, k).
+
+        Cheap and model-agnostic: it says which readings are unusual, not how the
+        detector weighed them.
+        """
+        X = self._check(X)
+        return (X - self._mean) / self._std
+
+    def top_contributors(self, row_z: np.ndarray, n: int = 3) -> list[tuple[str, float]]:
+        """The ``n`` features with the largest |z| in one row of :meth:`explain`."""
+        row_z = np.asarray(row_z, dtype=np.float64).ravel()
+        if row_z.shape[0] != len(self.features):
+            raise ValueError(f"expected {len(self.features)} z-values, got {row_z.shape[0]}")
+        order = np.argsort(-np.abs(row_z), kind="stable")[: max(n, 0)]
+        return [(self.features[i], float(row_z[i])) for i in order]
+
+
+def _load_joblib(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelError(f"model file missing: {path}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            obj = joblib.load(path)
+        except Exception as exc:  # unpickling fails in many ways (EOF, bad opcode, imports)
+            raise ModelError(f"cannot load {path}: {type(exc).__name__}: {exc}") from None
+    for warning in caught:
+        _LOG.warning("%s: %s", path.name, warning.message)
+    if not isinstance(obj, dict) or "pipeline" not in obj:
+        raise ModelError(f"{path} is not a model artifact (expected a dict with 'pipeline')")
+    if not hasattr(obj["pipeline"], "score_samples"):
+        raise ModelError(f"{path}: pipeline has no score_samples()")
+    return obj
+
+
+def load_scorer(path: str | Path) -> Scorer:
+    """Load the model at ``path``: a version dir, the ``current`` symlink or a models dir."""
+    version_dir = resolve(path)
+    metadata = read_metadata(version_dir)
+    missing = [key for key in _REQUIRED_METADATA if key not in metadata]
+    if missing:
+        raise ModelError(f"{version_dir}/metadata.json lacks {missing}")
+    artifact = _load_joblib(version_dir / MODEL_FILE)
+    pipeline = artifact["pipeline"]
+    if artifact.get("detector") not in (None, metadata["detector"]):
+        raise ModelError(
+            f"{version_dir}: model.joblib holds detector {artifact.get('detector')!r} "
+            f"but metadata says {metadata['detector']!r}"
+        )
+    trained_with = metadata.get("versions", {}).get("sklearn")
+    if trained_with and trained_with != sklearn.__version__:
+        _LOG.warning(
+            "model %s was trained with scikit-learn %s, running %s; check its scores",
+            metadata["version"],
+            trained_with,
+            sklearn.__version__,
+        )
+    try:
+        scorer = Scorer(pipeline, metadata, version_dir)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{version_dir}/metadata.json is inconsistent: {exc!r}") from None
+    width = getattr(pipeline, "n_features_in_", None)
+    if width is not None and width != len(scorer.features):
+        raise ModelError(
+            f"{version_dir}: model expects {width} features but metadata lists "
+            f"{len(scorer.features)} {list(scorer.features)}"
+        )
+    try:
+        # Smoke test: a broken pipeline should fail at load time, not on the first reading.
+        scorer.score(scorer._mean[None, :])
+    except Exception as exc:
+        raise ModelError(f"{version_dir}: model cannot score: {exc}") from None
+    _LOG.info("loaded model %s (%s, features %s)", scorer.version, scorer.detector, scorer.features)
+    return scorer
