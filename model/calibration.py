@@ -62,16 +62,26 @@ class Calibration:
         return cls(center=center, scale=scale)
 
 
+# Operators mute alerts that are wrong too often: by default no more than 1 normal
+# reading in 200 may score above the threshold on validation data.
+DEFAULT_MAX_FALSE_ALARM_RATE = 0.005
+
+
 def choose_threshold(
-    scores: np.ndarray, y: np.ndarray | None = None, contamination: float = 0.01
+    scores: np.ndarray,
+    y: np.ndarray | None = None,
+    contamination: float = 0.01,
+    max_false_alarm_rate: float = 1.0,
 ) -> float:
     """Alert threshold on calibrated scores; a reading is anomalous iff score >= threshold.
 
     With labels ``y`` (1 = anomaly) for these (validation) scores: the threshold that
-    maximises F1.  Every cut between two adjacent distinct scores is a candidate and
-    the threshold is placed midway between them, so slightly weaker anomalies than the
-    weakest caught one still alert; on equal F1 the higher threshold (fewer alarms)
-    wins.  If the labels hold only one class, F1 is meaningless and the rule below is
+    maximises F1 among those whose false-alarm rate (share of normal readings at or
+    above it) is at most ``max_false_alarm_rate``.  Every cut between two adjacent
+    distinct scores is a candidate and the threshold is placed midway between them,
+    so slightly weaker anomalies than the weakest caught one still alert; on equal F1
+    the higher threshold (fewer alarms) wins.  If the labels hold only one class, F1
+    is meaningless and the rule below is
     used instead.
 
     Without labels: the (1 - contamination) quantile of the scores, i.e. about
@@ -82,17 +92,19 @@ def choose_threshold(
         raise ValueError("cannot choose a threshold from no scores")
     if not 0.0 < contamination < 0.5:
         raise ValueError(f"contamination must be in (0, 0.5), got {contamination}")
+    if not 0.0 < max_false_alarm_rate <= 1.0:
+        raise ValueError(f"max_false_alarm_rate must be in (0, 1], got {max_false_alarm_rate}")
     if y is not None:
         y = np.asarray(y).ravel().astype(bool)
         if y.shape != scores.shape:
             raise ValueError(f"labels shape {y.shape} != scores shape {scores.shape}")
         if y.any() and not y.all():
-            return _f1_threshold(scores, y)
+            return _f1_threshold(scores, y, max_false_alarm_rate)
         _LOG.warning("validation labels hold one class only; using the quantile threshold")
     return float(np.quantile(scores, 1.0 - contamination))
 
 
-def _f1_threshold(scores: np.ndarray, y: np.ndarray) -> float:
+def _f1_threshold(scores: np.ndarray, y: np.ndarray, max_far: float = 1.0) -> float:
     order = np.argsort(-scores, kind="stable")
     s, labels = scores[order], y[order]
     # Cut after the last copy of each distinct score: predicting "anomaly" for
@@ -103,6 +115,10 @@ def _f1_threshold(scores: np.ndarray, y: np.ndarray) -> float:
     fp = flagged - tp
     fn = labels.sum() - tp
     f1 = 2 * tp / (2 * tp + fp + fn)
+    # Cuts that would alarm on too many normal readings are not candidates; the
+    # first cut (only the top score flagged) always stays one.
+    far = fp / max(int((~labels).sum()), 1)
+    f1 = np.where((far <= max_far) | (np.arange(f1.size) == 0), f1, -1.0)
     best = int(np.argmax(f1))  # first maximum = highest threshold among ties
     cut_values = s[last_of_run]
     lowest_flagged = cut_values[best]

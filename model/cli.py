@@ -31,8 +31,10 @@ from model.artifact import (
     resolve,
     save_artifact,
 )
+from model.calibration import DEFAULT_MAX_FALSE_ALARM_RATE
 from model.dataset import CsvSource, DatasetError, fault_labels, load_csv
 from model.detectors import DETECTORS
+from model.envelope import DEFAULT_WEIGHT
 from model.metrics import evaluate
 from model.scorer import load_scorer
 from model.training import TrainingError, train
@@ -119,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fit-on", choices=["normal", "all"], default="normal")
     p.add_argument("--contamination", type=float, default=0.01,
                    help="expected anomaly fraction, sets the threshold without labels")  # fmt: skip
+    p.add_argument("--max-false-alarm-rate", type=float, default=DEFAULT_MAX_FALSE_ALARM_RATE,
+                   help="with labels: cap on the share of normal validation readings "
+                        "that may alert (default %(default)s)")  # fmt: skip
+    p.add_argument("--envelope-weight", type=float, default=DEFAULT_WEIGHT,
+                   help="weight of the out-of-training-range term (0 disables)")  # fmt: skip
     p.add_argument("--validation-fraction", type=float, default=0.2)
     p.add_argument("--test-fraction", type=float, default=0.2)
     p.add_argument("--no-activate", action="store_true", help="do not switch 'current'")
@@ -233,6 +240,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         test_fraction=args.test_fraction,
         fit_on=args.fit_on,
         contamination=args.contamination,
+        max_false_alarm_rate=args.max_false_alarm_rate,
+        envelope_weight=args.envelope_weight,
         params=dict(args.param),
     )
     version_dir = save_artifact(args.models_dir, pipeline, metadata, activate=not args.no_activate)

@@ -25,6 +25,7 @@ import sklearn
 from model.artifact import MODEL_FILE, ModelError, read_metadata, resolve
 from model.calibration import Calibration
 from model.detectors import raw_scores
+from model.envelope import Envelope
 
 _LOG = logging.getLogger(__name__)
 
@@ -49,6 +50,11 @@ class Scorer:
         self.features: tuple[str, ...] = tuple(str(f["name"]) for f in metadata["features"])
         self.threshold = float(metadata["threshold"])
         self.calibration = Calibration.from_dict(metadata["calibration"])
+        # Models saved before the envelope existed have none: no range term.
+        env = metadata.get("envelope")
+        self.envelope = (
+            Envelope.from_dict(env, len(metadata["features"])) if env is not None else None
+        )
         stats = metadata["feature_stats"]
         self._mean = np.array([float(stats[f]["mean"]) for f in self.features])
         std = np.array([float(stats[f]["std"]) for f in self.features])
@@ -80,7 +86,10 @@ class Scorer:
         X = self._check(X)
         if X.shape[0] == 0:
             return np.empty(0)
-        return raw_scores(self._pipeline, X)
+        raw = raw_scores(self._pipeline, X)
+        if self.envelope is not None:
+            raw = raw + self.envelope.penalty(X)
+        return raw
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """Calibrated anomaly scores in [0, 1], shape (n,); alert iff >= ``threshold``."""
@@ -147,16 +156,16 @@ def load_scorer(path: str | Path) -> Scorer:
             trained_with,
             sklearn.__version__,
         )
+    width = getattr(pipeline, "n_features_in_", None)
+    if width is not None and width != len(metadata["features"]):
+        raise ModelError(
+            f"{version_dir}: model expects {width} features but metadata lists "
+            f"{len(metadata['features'])} {[f.get('name') for f in metadata['features']]}"
+        )
     try:
         scorer = Scorer(pipeline, metadata, version_dir)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{version_dir}/metadata.json is inconsistent: {exc!r}") from None
-    width = getattr(pipeline, "n_features_in_", None)
-    if width is not None and width != len(scorer.features):
-        raise ModelError(
-            f"{version_dir}: model expects {width} features but metadata lists "
-            f"{len(scorer.features)} {list(scorer.features)}"
-        )
     try:
         # Smoke test: a broken pipeline should fail at load time, not on the first reading.
         scorer.score(scorer._mean[None, :])

@@ -27,9 +27,10 @@ from sklearn.pipeline import Pipeline
 
 from contract.fields import DEFAULT_FIELDS
 from model.artifact import utc_now_rfc3339
-from model.calibration import Calibration, choose_threshold
+from model.calibration import DEFAULT_MAX_FALSE_ALARM_RATE, Calibration, choose_threshold
 from model.dataset import Dataset
 from model.detectors import build_detector, detector_params, raw_scores
+from model.envelope import DEFAULT_WEIGHT, Envelope
 from model.metrics import alarm_summary, evaluate
 
 _LOG = logging.getLogger(__name__)
@@ -145,6 +146,8 @@ def train(
     test_fraction: float = 0.2,
     fit_on: str = "normal",
     contamination: float = 0.01,
+    max_false_alarm_rate: float = DEFAULT_MAX_FALSE_ALARM_RATE,
+    envelope_weight: float = DEFAULT_WEIGHT,
     params: dict[str, Any] | None = None,
 ) -> tuple[Pipeline, dict[str, Any]]:
     """Fit, calibrate and evaluate a detector; returns (pipeline, metadata).
@@ -193,20 +196,32 @@ def train(
         except (TypeError, ValueError) as exc:
             raise TrainingError(f"cannot fit {detector}: {exc}") from None
 
+    envelope = Envelope.fit(X_fit, envelope_weight)
+
+    def raw(rows: np.ndarray) -> np.ndarray:
+        return raw_scores(pipeline, rows) + envelope.penalty(rows)
+
     with _stage("calibrating"):
-        calibration = Calibration.fit(raw_scores(pipeline, X_fit))
+        calibration = Calibration.fit(raw(X_fit))
         _LOG.info("calibration center=%.5g scale=%.5g", calibration.center, calibration.scale)
-        val_scores = calibration.apply(raw_scores(pipeline, X[val_idx]))
+        val_scores = calibration.apply(raw(X[val_idx]))
         val_y = None if y is None else y[val_idx]
-        threshold = choose_threshold(val_scores, val_y, contamination=contamination)
+        threshold = choose_threshold(
+            val_scores,
+            val_y,
+            contamination=contamination,
+            max_false_alarm_rate=max_false_alarm_rate,
+        )
         _LOG.info(
             "threshold %.4f chosen on validation (%s)",
             threshold,
-            "best F1" if val_y is not None else f"{1 - contamination:.3g} quantile",
+            f"best F1 with false-alarm rate <= {max_false_alarm_rate:g}"
+            if val_y is not None
+            else f"{1 - contamination:.3g} quantile",
         )
 
     with _stage("evaluating"):
-        test_scores = calibration.apply(raw_scores(pipeline, X[test_idx]))
+        test_scores = calibration.apply(raw(X[test_idx]))
         metrics = {
             "validation": _evaluate_split(val_scores, threshold, dataset, val_idx),
             "test": _evaluate_split(test_scores, threshold, dataset, test_idx),
@@ -229,6 +244,7 @@ def train(
         ],
         "threshold": threshold,
         "calibration": calibration.to_dict(),
+        "envelope": envelope.to_dict(),
         "training": {
             "rows": len(dataset),
             "source": dataset.source,
@@ -246,6 +262,7 @@ def train(
                 "random_state": random_state,
             },
             "contamination": contamination,
+            "max_false_alarm_rate": max_false_alarm_rate,
         },
         "feature_stats": feature_stats(X_fit, dataset.feature_names),
         "versions": runtime_versions(),

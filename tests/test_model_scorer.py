@@ -28,6 +28,7 @@ from model.artifact import (
 from model.calibration import Calibration
 from model.dataset import Dataset
 from model.detectors import raw_scores
+from model.envelope import Envelope
 from model.scorer import load_scorer
 from model.training import train
 
@@ -86,7 +87,9 @@ def test_round_trip_gives_identical_scores(tmp_path: Path, model_and_data) -> No
     dataset, pipeline, metadata = model_and_data
     version_dir = save_artifact(tmp_path / "models", pipeline, metadata)
     scorer = load_scorer(version_dir)
-    expected = Calibration.from_dict(metadata["calibration"]).apply(raw_scores(pipeline, dataset.X))
+    envelope = Envelope.from_dict(metadata["envelope"], len(FEATURES))
+    raw = raw_scores(pipeline, dataset.X) + envelope.penalty(dataset.X)
+    expected = Calibration.from_dict(metadata["calibration"]).apply(raw)
     np.testing.assert_array_equal(scorer.score(dataset.X), expected)
     assert scorer.version == version_dir.name
     assert scorer.features == FEATURES

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from model.calibration import Calibration, choose_threshold
 from model.dataset import Dataset
 from model.detectors import build_detector, raw_scores
+from model.envelope import Envelope
 from model.metrics import evaluate
 from model.training import TrainingError, split_indices, train
 
@@ -158,8 +159,13 @@ def test_threshold_is_chosen_on_validation_split(trained) -> None:
         len(dataset), dataset.y, validation_fraction=0.2, test_fraction=0.2, random_state=7
     )
     cal = Calibration.from_dict(metadata["calibration"])
-    val_scores = cal.apply(raw_scores(pipeline, dataset.X[val_idx]))
-    assert metadata["threshold"] == choose_threshold(val_scores, dataset.y[val_idx])
+    X_val = dataset.X[val_idx]
+    envelope = Envelope.from_dict(metadata["envelope"], X_val.shape[1])
+    val_scores = cal.apply(raw_scores(pipeline, X_val) + envelope.penalty(X_val))
+    cap = metadata["training"]["max_false_alarm_rate"]
+    assert metadata["threshold"] == choose_threshold(
+        val_scores, dataset.y[val_idx], max_false_alarm_rate=cap
+    )
     assert metadata["metrics"]["validation"]["support"]["rows"] == val_idx.size
 
 
