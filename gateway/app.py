@@ -21,6 +21,7 @@ from gateway.lineprotocol import encode_point
 from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Processor
 from gateway.sinks import InfluxV1Sink, Sink, WriteError, make_sink
+from gateway.spool import Spool
 from gateway.writer import Writer
 from model.scorer import Scorer, load_scorer
 
@@ -46,6 +47,13 @@ class Gateway:
             self._scorer.threshold,
         )
         self._sink = sink or make_sink(cfg.influx)
+        self._spool = (
+            Spool(cfg.spool.path, cfg.spool.max_bytes, cfg.spool.max_age_s)
+            if cfg.spool.path
+            else None
+        )
+        if self._spool is not None:
+            self.metrics.count_spooled(0, self._spool)
         # Bounded by flow control: at most receive_maximum QoS 1 messages are in flight.
         self._inbox: queue.Queue[Message] = queue.Queue(maxsize=2 * cfg.mqtt.receive_maximum)
         self.intake = MqttIntake(cfg.mqtt, cfg.id, READING_SUBSCRIPTION, self._inbox, self.metrics)
@@ -57,6 +65,7 @@ class Gateway:
             cfg.pipeline.write_queue_batches,
             health_point=self._health_point,
             health_interval_s=cfg.metrics.influx_interval_s,
+            spool=self._spool,
         )
         self.processor = Processor(
             cfg,
@@ -117,5 +126,7 @@ class Gateway:
             )
         self.intake.close()
         self._sink.close()
+        if self._spool is not None:
+            self._spool.close()
         self.metrics.close()
         log.info("gateway %s stopped", self.cfg.id)

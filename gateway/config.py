@@ -98,6 +98,17 @@ class InfluxConfig:
 
 
 @dataclass(frozen=True)
+class SpoolConfig:
+    # Where points wait while InfluxDB is unreachable (empty string: no spool; then
+    # nothing is acknowledged to the broker until InfluxDB takes it).
+    path: str = "var/spool/gateway.sqlite"
+    # When full, the gateway stops acknowledging readings; the broker keeps them.
+    max_bytes: int = 512 * 1024 * 1024
+    # Spooled points older than this are dropped (and counted).
+    max_age_s: float = 7 * 86400.0
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     # Prometheus exposition port (0 disables).
     port: int = 9108
@@ -122,6 +133,7 @@ class GatewayConfig:
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
     influx: InfluxConfig = field(default_factory=InfluxConfig)
+    spool: SpoolConfig = field(default_factory=SpoolConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:

@@ -62,6 +62,20 @@ class GatewayMetrics:
         self.write_points = Histogram(
             "gateway_write_points", "Points per InfluxDB write", buckets=_BATCH_BUCKETS, registry=r
         )
+        self.spool_points = Gauge(
+            "gateway_spool_points", "Points waiting in the on-disk spool", registry=r
+        )
+        self.spool_bytes = Gauge("gateway_spool_bytes", "Size of the spooled data", registry=r)
+        self.spooled = Counter("gateway_spooled_points", "Points written to the spool", registry=r)
+        self.drained = Counter(
+            "gateway_spool_drained_points", "Spooled points written to InfluxDB", registry=r
+        )
+        self.spool_expired = Counter(
+            "gateway_spool_expired_points", "Spooled points dropped for age", registry=r
+        )
+        self.spool_full = Counter(
+            "gateway_spool_full", "Times a batch did not fit in the spool", registry=r
+        )
         self.intake_depth = Gauge(
             "gateway_intake_queue_depth", "Messages awaiting scoring", registry=r
         )
@@ -85,6 +99,7 @@ class GatewayMetrics:
         self._batch_sum = 0
         self._batch_count = 0
         self._server = None
+        self._spool_depth = 0
         self._depths = {"intake_queue_depth": 0, "write_queue_depth": 0, "unacked": 0}
 
     # Counting helpers keep the Prometheus series and the snapshot in step.
@@ -130,6 +145,26 @@ class GatewayMetrics:
         with self._lock:
             self._snap.points_dropped += n
 
+    def _spool_gauges(self, spool) -> None:
+        self.spool_points.set(spool.points)
+        self.spool_bytes.set(spool.bytes)
+        self._spool_depth = spool.points
+
+    def count_spooled(self, points: int, spool) -> None:
+        self.spooled.inc(points)
+        self._spool_gauges(spool)
+
+    def count_drained(self, points: int, spool) -> None:
+        self.drained.inc(points)
+        self._spool_gauges(spool)
+
+    def count_spool_expired(self, points: int, spool) -> None:
+        self.spool_expired.inc(points)
+        self._spool_gauges(spool)
+
+    def count_spool_full(self) -> None:
+        self.spool_full.inc()
+
     def set_model(self, version: str) -> None:
         self.model_info.clear()
         self.model_info.labels(version).set(1)
@@ -155,6 +190,7 @@ class GatewayMetrics:
             self._batch_sum = 0
             self._batch_count = 0
         fields.update(self._depths)
+        fields["spool_points"] = self._spool_depth
         return fields
 
     def set_depths(self, intake: int, write: int, unacked: int) -> None:

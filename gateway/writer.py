@@ -4,8 +4,10 @@ Scored batches arrive on a bounded queue (full queue = back-pressure on scoring)
 The writer merges them into writes of up to ``batch_max_points`` points or
 ``flush_interval_ms``, whichever comes first, and acknowledges the MQTT messages of
 a batch only after InfluxDB accepted it.  While InfluxDB is down it retries with
-capped exponential backoff and acknowledges nothing, so the broker keeps the
-readings and flow control stops the intake.
+capped exponential backoff.  With a spool configured (the default) a batch that
+InfluxDB cannot take goes to the on-disk spool instead and is acknowledged once
+committed there; without one, nothing is acknowledged until InfluxDB takes it, so
+the broker keeps the readings and flow control stops the intake.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from common.logs import RateLimitedLog
 from gateway.config import InfluxConfig
 from gateway.metrics import GatewayMetrics
 from gateway.sinks import Sink, WriteError
+from gateway.spool import Spool
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class Writer(threading.Thread):
         max_batches: int,
         health_point: Callable[[], str] | None = None,
         health_interval_s: float = 0.0,
+        spool: Spool | None = None,
     ):
         super().__init__(name="influx-writer", daemon=True)
         self._sink = sink
@@ -58,6 +62,9 @@ class Writer(threading.Thread):
         self._ratelog = RateLimitedLog(log, 10.0)
         self.unacked = 0
         self._unacked_lock = threading.Lock()
+        self._spool = spool
+        self._next_drain = 0.0
+        self._drain_delay = cfg.retry_min_s
 
     def submit(self, batch: WriteBatch) -> None:
         with self._unacked_lock:
@@ -110,32 +117,85 @@ class Writer(threading.Thread):
                 lines.append(self._health_point())
                 next_health = time.monotonic() + self._health_interval
             readings = sum(b.readings for b in batches)
-            if lines and not self._write(lines, readings):
+            if lines and not self._store(lines, readings):
                 return  # abandoned at shutdown: nothing acked, the broker redelivers
             for b in batches:
                 self._ack(b.acks)
                 with self._unacked_lock:
                     self.unacked -= len(b.acks)
+            if self._spool is not None and not self._spool.empty:
+                self._maybe_drain()
             if self._stopping.is_set() and self._queue.empty() and not batches:
                 return
 
-    def _write(self, lines: list[str], readings: int) -> bool:
-        """Write with retries; False only when abandoned during shutdown."""
-        delay = self._cfg.retry_min_s
-        while True:
-            started = time.perf_counter()
-            try:
-                self._sink.write(lines)
-            except WriteError as exc:
-                self._metrics.count_write_error(exc.retryable)
-                if not exc.retryable:
-                    log.error("InfluxDB refused points (not retried): %s", exc)
-                    self._metrics.count_points_dropped(len(lines))
-                    return True
-                self._ratelog.warning("write", "%s; retrying in %.1fs", exc, delay)
-                if self._abandon.wait(delay):
-                    return False
-                delay = min(delay * 2, self._cfg.retry_max_s)
-                continue
-            self._metrics.observe_write(len(lines), readings, time.perf_counter() - started)
+    def _store(self, lines: list[str], readings: int) -> bool:
+        """Make a batch durable: InfluxDB, else the spool, else wait (no ack)."""
+        if self._spool is None:
+            return self._write_retrying(lines, readings)
+        # While the spool holds anything, new batches queue behind it so that
+        # InfluxDB receives everything in order.
+        if self._spool.empty and self._try_write(lines, readings):
             return True
+        delay = self._cfg.retry_min_s
+        while not self._spool.append(lines, readings):
+            self._metrics.count_spool_full()
+            self._ratelog.warning(
+                "spool-full",
+                "spool full (%d bytes); not acknowledging until InfluxDB drains it",
+                self._spool.bytes,
+            )
+            self._maybe_drain(force=True)
+            if self._abandon.wait(delay):
+                return False
+            delay = min(delay * 2, self._cfg.retry_max_s)
+        self._metrics.count_spooled(len(lines), self._spool)
+        return True
+
+    def _maybe_drain(self, force: bool = False) -> None:
+        assert self._spool is not None
+        now = time.monotonic()
+        if not force and now < self._next_drain:
+            return
+        expired = self._spool.expire()
+        if expired:
+            log.error("spool: dropped %d points older than the spool's age limit", expired)
+            self._metrics.count_spool_expired(expired, self._spool)
+        # Drain for a bounded time so fresh batches keep being taken from the queue.
+        deadline = now + 1.0
+        while not self._spool.empty and time.monotonic() < deadline:
+            batches = self._spool.oldest(self._cfg.batch_max_points)
+            lines = [ln for b in batches for ln in b.lines]
+            if not self._try_write(lines, sum(b.readings for b in batches)):
+                self._next_drain = time.monotonic() + self._drain_delay
+                self._drain_delay = min(self._drain_delay * 2, self._cfg.retry_max_s)
+                return
+            self._spool.delete(batches)
+            self._metrics.count_drained(len(lines), self._spool)
+        self._drain_delay = self._cfg.retry_min_s
+        if self._spool.empty:
+            log.info("spool drained; writing to InfluxDB directly again")
+
+    def _try_write(self, lines: list[str], readings: int) -> bool:
+        """One write attempt. True when done (stored, or refused for good)."""
+        started = time.perf_counter()
+        try:
+            self._sink.write(lines)
+        except WriteError as exc:
+            self._metrics.count_write_error(exc.retryable)
+            if not exc.retryable:
+                log.error("InfluxDB refused points (not retried): %s", exc)
+                self._metrics.count_points_dropped(len(lines))
+                return True
+            self._ratelog.warning("write", "%s", exc)
+            return False
+        self._metrics.observe_write(len(lines), readings, time.perf_counter() - started)
+        return True
+
+    def _write_retrying(self, lines: list[str], readings: int) -> bool:
+        """Without a spool: retry until written; False only when abandoned at shutdown."""
+        delay = self._cfg.retry_min_s
+        while not self._try_write(lines, readings):
+            if self._abandon.wait(delay):
+                return False
+            delay = min(delay * 2, self._cfg.retry_max_s)
+        return True

@@ -124,6 +124,8 @@ path = "{models}/current"
 [metrics]
 port = {self.metrics_port}
 influx_interval_s = 1
+[spool]
+path = "{tmp}/{self.id}.spool.sqlite"
 {extra}
 """
         )
@@ -148,6 +150,21 @@ influx_interval_s = 1
 
     def stop(self) -> int | None:
         return self.process.stop() if self.process else None
+
+    def restart(self, timeout_s: float = 30) -> GatewayProcess:
+        """Start again with the same id, hence the same persistent MQTT session."""
+        self.stop()
+        return self.start(timeout_s)
+
+    def metric(self, name: str) -> float:
+        """Current value of an unlabelled Prometheus sample from /metrics."""
+        import urllib3
+
+        text = urllib3.request("GET", f"http://127.0.0.1:{self.metrics_port}/metrics").data
+        for line in text.decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        raise KeyError(name)
 
 
 @pytest.fixture

@@ -117,3 +117,11 @@ def python_module(*args: str, env: dict[str, str] | None = None, timeout: float 
         env=env,
         timeout=timeout,
     )
+
+
+def summary(output: str) -> dict[str, str]:
+    """The ``key=value`` summary line a publisher CLI prints (published first)."""
+    for line in reversed(output.splitlines()):
+        if line.startswith("published="):
+            return dict(part.split("=", 1) for part in line.split())
+    raise AssertionError(f"no summary line in output:\n{output}")
