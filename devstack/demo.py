@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--faults",
                 "all",
                 "--fault-rate",
-                "0.01",
+                "12",  # fault starts per machine-hour: something to see every few minutes
             ],
             ready=lambda: True,
         )
@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("stopping everything the demo started")
         for proc in reversed(started):
             proc.stop()
+        log.info("demo stopped")
 
 
 def _print_where_to_look(api_started: bool) -> None:
