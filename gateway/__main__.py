@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("received %s", signal.Signals(signum).name)
         gateway.stop_requested.set()
 
+    signal.signal(signal.SIGHUP, lambda *_: gateway.model.request_reload())
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     gateway.start()

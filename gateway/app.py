@@ -19,6 +19,7 @@ from gateway.config import GatewayConfig
 from gateway.intake import Message, MqttIntake
 from gateway.lineprotocol import encode_point
 from gateway.metrics import GatewayMetrics
+from gateway.model_reload import ModelHolder
 from gateway.pipeline import Processor
 from gateway.sinks import InfluxV1Sink, Sink, WriteError, make_sink
 from gateway.spool import Spool
@@ -37,14 +38,16 @@ class Gateway:
     ):
         self.cfg = cfg
         self.metrics = GatewayMetrics(cfg.id)
-        # The model is loaded once per process; a reload swaps this reference.
-        self._scorer = scorer_factory(cfg.model.path)
-        self.metrics.set_model(self._scorer.version)
+        # The model is loaded once per process; a reload swaps the holder's reference.
+        self.model = ModelHolder(
+            cfg.model.path, scorer_factory, self.metrics, cfg.model.watch_interval_s
+        )
+        scorer = self.model.current
         log.info(
             "model %s loaded (features %s, threshold %.3f)",
-            self._scorer.version,
-            ",".join(self._scorer.features),
-            self._scorer.threshold,
+            scorer.version,
+            ",".join(scorer.features),
+            scorer.threshold,
         )
         self._sink = sink or make_sink(cfg.influx)
         self._spool = (
@@ -81,13 +84,13 @@ class Gateway:
         self.stop_requested = threading.Event()
 
     def scorer(self) -> Scorer:
-        return self._scorer
+        return self.model.current
 
     def _health_point(self) -> str:
         fields = self.metrics.health_fields()
         return encode_point(
             "gateway",
-            {"gateway": self.cfg.id, "model_version": self._scorer.version},
+            {"gateway": self.cfg.id, "model_version": self.model.current.version},
             fields,
             time.time_ns(),
         )
@@ -111,10 +114,12 @@ class Gateway:
         self.writer.start()
         self.processor.start()
         self.intake.start()
+        self.model.start()
         log.info("gateway %s started", self.cfg.id)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         log.info("stopping: no new messages, flushing what was received")
+        self.model.stop()
         self.intake.stop_accepting()
         self.processor.stop(timeout_s)
         if not self.writer.stop(timeout_s):

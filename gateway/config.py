@@ -121,6 +121,8 @@ class MetricsConfig:
 class ModelConfig:
     # A version directory, a models directory (uses its `current`), or the `current` link.
     path: str = "var/models/current"
+    # How often to check whether `path` points at a new version (0: only on SIGHUP).
+    watch_interval_s: float = 2.0
 
 
 @dataclass(frozen=True)

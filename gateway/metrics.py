@@ -89,6 +89,14 @@ class GatewayMetrics:
         self.model_info = Gauge(
             "gateway_model_info", "Active model version", ["version"], registry=r
         )
+        self.model_reloads = Counter(
+            "gateway_model_reloads", "Successful model reloads", registry=r
+        )
+        self.model_reload_failures = Counter(
+            "gateway_model_reload_failures",
+            "Model reloads that failed (old model kept)",
+            registry=r,
+        )
         self.last_write = Gauge(
             "gateway_last_write_timestamp_seconds", "Time of the last successful write", registry=r
         )
