@@ -88,7 +88,7 @@ class Reading:
     received_ns: int = 0
 
 
-def _parse_ts(raw: object, now_ns: int, limits: DecodeLimits) -> int:
+def parse_ts(raw: object, now_ns: int, limits: DecodeLimits) -> int:
     if isinstance(raw, bool):
         raise Rejected("bad_timestamp", "ts must be an RFC 3339 string or epoch seconds", "ts")
     if isinstance(raw, int | float):
@@ -139,7 +139,7 @@ def normalise_record(
         if name is None:
             lowered = key.lower()
             if lowered == "ts":
-                ts_ns = _parse_ts(raw, now_ns, limits)
+                ts_ns = parse_ts(raw, now_ns, limits)
             elif lowered == "seq":
                 if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
                     raise Rejected("bad_seq", "seq must be a non-negative integer", "seq")

@@ -10,7 +10,7 @@ DEADLETTER_SUBSCRIPTION = f"{ROOT}/deadletter/#"
 # Names used when a rejected message's topic cannot be parsed into line/device.
 UNKNOWN = "_unknown"
 # Topic levels that would collide with the gateway's own namespaces.
-_RESERVED_LINES = frozenset({"alerts", "deadletter", "gateway"})
+_RESERVED_LINES = frozenset({"alerts", "deadletter", "gateway", "silence", "state"})
 _MAX_NAME_LEN = 64
 
 

@@ -21,6 +21,7 @@ from gateway.lineprotocol import encode_point
 from gateway.metrics import GatewayMetrics
 from gateway.model_reload import ModelHolder
 from gateway.pipeline import Processor
+from gateway.silence import SUBSCRIPTION as SILENCE_SUBSCRIPTION
 from gateway.sinks import InfluxV1Sink, Sink, WriteError, make_sink
 from gateway.spool import Spool
 from gateway.writer import Writer
@@ -59,7 +60,13 @@ class Gateway:
             self.metrics.count_spooled(0, self._spool)
         # Bounded by flow control: at most receive_maximum QoS 1 messages are in flight.
         self._inbox: queue.Queue[Message] = queue.Queue(maxsize=2 * cfg.mqtt.receive_maximum)
-        self.intake = MqttIntake(cfg.mqtt, cfg.id, READING_SUBSCRIPTION, self._inbox, self.metrics)
+        self.intake = MqttIntake(
+            cfg.mqtt,
+            cfg.id,
+            (READING_SUBSCRIPTION, SILENCE_SUBSCRIPTION),
+            self._inbox,
+            self.metrics,
+        )
         self.writer = Writer(
             self._sink,
             cfg.influx,

@@ -52,17 +52,64 @@ class PipelineConfig:
 
 
 @dataclass(frozen=True)
+class AlertRule:
+    """Overrides for devices matching ``line``/``device`` (glob patterns); unset = default."""
+
+    line: str = "*"
+    device: str = "*"
+    enter_score: float | None = None
+    exit_ratio: float | None = None
+    fire_after: int | None = None
+    min_duration_s: float | None = None
+    resolve_after: int | None = None
+    renotify_s: float | None = None
+
+
+@dataclass(frozen=True)
 class AlertConfig:
-    # Consecutive anomalous readings before an alert fires.
+    # Score at which an alert enters `pending` (0: the model's own threshold).
+    enter_score: float = 0.0
+    # Hysteresis: a firing alert resolves below enter x exit_ratio.
+    exit_ratio: float = 0.8
+    # Readings above the enter threshold, and seconds since the first, before firing.
     fire_after: int = 1
-    # Consecutive normal readings before a firing alert resolves.
+    min_duration_s: float = 0.0
+    # Consecutive readings below the exit threshold before a firing alert resolves.
     resolve_after: int = 5
     # While firing, repeat the alert at most this often (0: never).
     renotify_s: float = 300.0
+    # Publish each device's current alert state, retained, on factory/state/<line>/<device>.
+    retain_state: bool = True
+    rules: tuple[AlertRule, ...] = ()
 
     def __post_init__(self) -> None:
         if self.fire_after < 1 or self.resolve_after < 1:
             raise ValueError("alerts.fire_after and alerts.resolve_after must be >= 1")
+        if not 0 < self.exit_ratio <= 1:
+            raise ValueError("alerts.exit_ratio must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class SensorFaultConfig:
+    """Sensor faults are published as kind `sensor_fault`, apart from machine anomalies."""
+
+    enabled: bool = True
+    # A field reporting the identical value this many readings in a row is stuck.
+    stuck_after: int = 30
+    # Changes faster than this (units per second) are physically impossible for the
+    # sensor class (a DHT22 needs seconds to follow a real change).
+    max_rate: dict[str, float] = field(
+        default_factory=lambda: {"temperature_c": 5.0, "humidity_pct": 20.0}
+    )
+    # No reading from a known device for this long: dropout (0 disables the deadman).
+    deadman_s: float = 30.0
+    # Devices silent for this long are forgotten (decommissioned, renamed).
+    forget_after_s: float = 86400.0
+    # This many rejected messages from one device within error_window_s: a burst.
+    error_burst: int = 5
+    error_window_s: float = 60.0
+    # Consecutive good readings before a sensor fault resolves.
+    resolve_after: int = 5
 
 
 @dataclass(frozen=True)
@@ -134,6 +181,7 @@ class GatewayConfig:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     alerts: AlertConfig = field(default_factory=AlertConfig)
+    sensor_faults: SensorFaultConfig = field(default_factory=SensorFaultConfig)
     influx: InfluxConfig = field(default_factory=InfluxConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

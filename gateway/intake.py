@@ -42,12 +42,12 @@ class MqttIntake:
         self,
         settings: MqttSettings,
         gateway_id: str,
-        subscription: str,
+        subscriptions: tuple[str, ...],
         inbox: queue.Queue[Message],
         metrics: GatewayMetrics,
     ):
         self._settings = settings
-        self._subscription = subscription
+        self._subscriptions = subscriptions
         self._inbox = inbox
         self._metrics = metrics
         self._status_topic = status_topic(gateway_id)
@@ -82,14 +82,14 @@ class MqttIntake:
         self.connected.set()
         self._metrics.connected.set(1)
         # Subscribing on every connect is idempotent and covers an expired session.
-        client.subscribe(self._subscription, options=SubscribeOptions(qos=1))
+        client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._subscriptions])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         failed = [rc for rc in reason_codes if rc.is_failure]
         if failed:
-            log.error("subscription to %s refused: %s", self._subscription, failed)
+            log.error("subscription to %s refused: %s", self._subscriptions, failed)
             return
-        log.info("subscribed to %s", self._subscription)
+        log.info("subscribed to %s", ", ".join(self._subscriptions))
         # "online" means ready to receive, so it follows the SUBACK.
         client.publish(self._status_topic, ONLINE, qos=1, retain=True)
         self.subscribed.set()

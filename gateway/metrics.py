@@ -43,6 +43,9 @@ class GatewayMetrics:
         self.alerts = Counter(
             "gateway_alerts_published", "Alerts published", ["kind", "state"], registry=r
         )
+        self.alerts_silenced = Counter(
+            "gateway_alerts_silenced", "Alerts held back by a maintenance silence", registry=r
+        )
         self.anomalies = Counter("gateway_anomalies", "Readings scored anomalous", registry=r)
         self.write_errors = Counter(
             "gateway_write_errors", "Failed InfluxDB writes", ["retryable"], registry=r

@@ -15,20 +15,22 @@ from collections.abc import Callable
 import numpy as np
 
 from common.logs import RateLimitedLog
-from contract import Reading, Rejected, alert_topic, deadletter_topic, decode_reading
-from contract.payloads import alert_payload, deadletter_payload
+from contract import Reading, Rejected, deadletter_topic, decode_reading
+from contract.payloads import deadletter_payload, rfc3339
 from contract.topics import UNKNOWN, TopicError, parse_reading_topic
 from gateway.alerts import AlertTracker
 from gateway.config import GatewayConfig
 from gateway.intake import Message
 from gateway.lineprotocol import encode_point
 from gateway.metrics import GatewayMetrics
+from gateway.notifier import PROCESS_ANOMALY, Notifier
+from gateway.sensor_faults import SensorFaults
+from gateway.silence import PREFIX as SILENCE_PREFIX
+from gateway.silence import Silences
 from gateway.writer import WriteBatch, Writer
 from model.scorer import Scorer
 
 log = logging.getLogger(__name__)
-
-PROCESS_ANOMALY = "process_anomaly"
 
 
 class Processor(threading.Thread):
@@ -51,6 +53,9 @@ class Processor(threading.Thread):
         self._publish = publish
         self._metrics = metrics
         self._alerts = AlertTracker(cfg.alerts)
+        self._faults = SensorFaults(cfg.sensor_faults)
+        self._notifier = Notifier(cfg, publish, metrics, self._alerts, self._faults, Silences())
+        self._next_deadman = 0.0
         self._stopping = threading.Event()
         self._ratelog = RateLimitedLog(log, 10.0)
         self._limits_for: tuple[tuple[str, ...], object] | None = None
@@ -101,6 +106,7 @@ class Processor(threading.Thread):
                     return
             elif self._stopping.is_set():
                 return
+            self._check_deadman()
             self._metrics.set_depths(self._inbox.qsize(), self._writer.depth, self._writer.unacked)
 
     def _process(self, batch: list[Message]) -> None:
@@ -108,17 +114,21 @@ class Processor(threading.Thread):
         scorer = self._scorer()  # one model per batch, even if a reload happens meanwhile
         limits = self._limits(scorer)
         valid: list[Reading] = []
+        lines: list[str] = []
+        now = time.monotonic()
         for msg in batch:
             try:
-                valid.append(decode_reading(msg.topic, msg.payload, msg.received_ns, limits))
+                if msg.topic.startswith(SILENCE_PREFIX):
+                    self._silence(msg)
+                else:
+                    valid.append(decode_reading(msg.topic, msg.payload, msg.received_ns, limits))
             except Rejected as rej:
-                self._dead_letter(msg, rej)
-        lines: list[str] = []
+                self._dead_letter(msg, rej, lines, scorer.version, now)
         if valid:
-            lines = self._score(valid, scorer)
+            lines += self._score(valid, scorer, now)
         self._writer.submit(WriteBatch(lines, [(m.mid, m.qos) for m in batch], len(valid)))
 
-    def _score(self, readings: list[Reading], scorer: Scorer) -> list[str]:
+    def _score(self, readings: list[Reading], scorer: Scorer, now: float) -> list[str]:
         started = time.perf_counter()
         features = scorer.features
         x = np.array([[r.values[f] for f in features] for r in readings], dtype=np.float64)
@@ -146,34 +156,70 @@ class Processor(threading.Thread):
             if is_anomaly:
                 drivers = scorer.top_contributors(explain[explained])  # type: ignore[index]
                 explained += 1
-            state = self._alerts.update(reading.line, reading.device, is_anomaly, reading.ts_ns)
+            state = self._alerts.update(
+                reading.line,
+                reading.device,
+                PROCESS_ANOMALY,
+                score,
+                scorer.threshold,
+                reading.ts_ns,
+            )
             if state is not None:
-                self._alert(reading, state, score, scorer, drivers)
+                self._notifier.process_alert(
+                    reading.line,
+                    reading.device,
+                    state,
+                    reading.ts_ns,
+                    score,
+                    scorer.threshold,
+                    reading.values,
+                    version,
+                    seq=reading.seq,
+                    drivers=[{"feature": name, "z": round(z, 2)} for name, z in drivers or []],
+                )
+                log.info("alert %s %s/%s score=%.3f", state, reading.line, reading.device, score)
+            if self._cfg.sensor_faults.enabled:
+                for tr in self._faults.on_reading(reading, now):
+                    lines.append(self._notifier.sensor_fault(tr, version))
         return lines
 
-    def _alert(self, reading: Reading, state: str, score: float, scorer: Scorer, drivers) -> None:
-        payload = alert_payload(
-            device=reading.device,
-            line=reading.line,
-            ts_ns=reading.ts_ns,
-            kind=PROCESS_ANOMALY,
-            state=state,
-            score=score,
-            threshold=scorer.threshold,
-            values=reading.values,
-            model_version=scorer.version,
-            seq=reading.seq,
-            drivers=[{"feature": name, "z": round(z, 2)} for name, z in drivers or []],
-        )
-        self._publish(alert_topic(reading.line, reading.device), payload, False)
-        self._metrics.count_alert(PROCESS_ANOMALY, state)
-        log.info("alert %s %s/%s score=%.3f", state, reading.line, reading.device, score)
+    def _check_deadman(self) -> None:
+        now = time.monotonic()
+        if not self._cfg.sensor_faults.enabled or now < self._next_deadman:
+            return
+        self._next_deadman = now + 1.0
+        transitions = self._faults.check_deadman(now, time.time_ns())
+        if transitions:
+            version = self._scorer().version
+            lines = [self._notifier.sensor_fault(tr, version) for tr in transitions]
+            self._writer.submit(WriteBatch(lines, [], 0))
 
-    def _dead_letter(self, msg: Message, rej: Rejected) -> None:
+    def _silence(self, msg: Message) -> None:
+        line, device, silence = self._notifier.silences.apply(msg.topic, msg.payload)
+        if silence is None:
+            log.info("silence lifted for %s/%s", line, device)
+        else:
+            log.info(
+                "alerts silenced for %s/%s until %s (%s)",
+                line,
+                device,
+                rfc3339(silence.until_ns),
+                silence.reason or "no reason given",
+            )
+
+    def _dead_letter(
+        self, msg: Message, rej: Rejected, lines: list[str], version: str, now: float
+    ) -> None:
         try:
             line, device = parse_reading_topic(msg.topic)
         except TopicError:
             line, device = UNKNOWN, UNKNOWN
+        else:
+            if self._cfg.sensor_faults.enabled:
+                for tr in self._faults.on_rejected(
+                    line, device, rej.reason, rej.detail, msg.received_ns, now
+                ):
+                    lines.append(self._notifier.sensor_fault(tr, version))
         payload = deadletter_payload(
             msg.topic, msg.payload, rej.reason, rej.detail, rej.field, msg.received_ns
         )

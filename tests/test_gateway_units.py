@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import time
+
+import orjson
 import pytest
 
 from common.config import ConfigError, load_config, redacted
-from gateway.alerts import FIRING, RESOLVED, AlertTracker
-from gateway.config import AlertConfig, GatewayConfig, load_gateway_config
+from contract import Reading, Rejected
+from gateway.alerts import FIRING, PENDING, RESOLVED, AlertTracker
+from gateway.config import (
+    AlertConfig,
+    AlertRule,
+    GatewayConfig,
+    SensorFaultConfig,
+    load_gateway_config,
+)
 from gateway.lineprotocol import encode_point
+from gateway.sensor_faults import SensorFaults
+from gateway.silence import Silences
 from tests.helpers import ROOT
 
 
@@ -66,25 +78,142 @@ def test_line_protocol_escaping():
     )
 
 
+S = 1_000_000_000  # one second in ns
+
+
+def feed(tracker, scores, threshold=0.5, step_s=1.0):
+    return [
+        tracker.update("l", "d", "process_anomaly", sc, threshold, int(i * step_s * S))
+        for i, sc in enumerate(scores)
+    ]
+
+
 def test_alert_fires_after_n_and_resolves_after_m():
     tracker = AlertTracker(AlertConfig(fire_after=2, resolve_after=3, renotify_s=0))
-    seq = [True, False, True, True, True, False, False, True, False, False, False]
-    out = [tracker.update("l", "d", a, i) for i, a in enumerate(seq)]
+    out = feed(tracker, [0.9, 0.1, 0.9, 0.9, 0.9, 0.1, 0.1, 0.9, 0.1, 0.1, 0.1])
     assert out == [None, None, None, FIRING, None, None, None, None, None, None, RESOLVED]
     assert tracker.firing() == []
 
 
+def test_pending_before_firing_and_min_duration():
+    tracker = AlertTracker(AlertConfig(fire_after=1, min_duration_s=3, resolve_after=1))
+    out = feed(tracker, [0.9, 0.9, 0.9])
+    assert out == [None, None, None]
+    assert tracker.state("l", "d", "process_anomaly") == PENDING
+    assert feed(tracker, [0.9, 0.9, 0.9, 0.9])[3] == FIRING  # 3 s after the first
+
+
+def test_hysteresis_holds_between_exit_and_enter():
+    # enter 0.5, exit 0.5 x 0.8 = 0.4: scores between keep the alert firing
+    tracker = AlertTracker(AlertConfig(exit_ratio=0.8, resolve_after=2, renotify_s=0))
+    out = feed(tracker, [0.6, 0.45, 0.42, 0.45, 0.41, 0.3, 0.3])
+    assert out == [FIRING, None, None, None, None, None, RESOLVED]
+
+
+def test_enter_score_overrides_model_threshold():
+    tracker = AlertTracker(AlertConfig(enter_score=0.95, resolve_after=1))
+    assert feed(tracker, [0.9, 0.96]) == [None, FIRING]
+
+
 def test_alert_renotifies_while_firing():
     tracker = AlertTracker(AlertConfig(fire_after=1, resolve_after=1, renotify_s=10))
-    s = 1_000_000_000
-    assert tracker.update("l", "d", True, 0) == FIRING
-    assert tracker.update("l", "d", True, 5 * s) is None
-    assert tracker.update("l", "d", True, 10 * s) == FIRING
-    assert tracker.firing() == [("l", "d")]
+    out = [tracker.update("l", "d", "k", 0.9, 0.5, t * S) for t in (0, 5, 10)]
+    assert out == [FIRING, None, FIRING]
+    assert tracker.firing() == [("l", "d", "k")]
 
 
-def test_alert_state_is_per_device():
+def test_alert_state_is_per_device_and_kind():
     tracker = AlertTracker(AlertConfig(fire_after=1, resolve_after=1))
-    assert tracker.update("l", "a", True, 0) == FIRING
-    assert tracker.update("l", "b", False, 0) is None
-    assert tracker.update("l", "a", False, 1) == RESOLVED
+    assert tracker.update("l", "a", "k", 0.9, 0.5, 0) == FIRING
+    assert tracker.update("l", "b", "k", 0.1, 0.5, 0) is None
+    assert tracker.update("l", "a", "other", 0.9, 0.5, 0) == FIRING
+    assert tracker.update("l", "a", "k", 0.1, 0.5, 1) == RESOLVED
+
+
+def test_rules_per_line_and_device_class():
+    cfg = AlertConfig(
+        fire_after=1,
+        rules=(
+            AlertRule(line="line2", device="mill-*", fire_after=3),
+            AlertRule(line="line2", resolve_after=9),
+        ),
+    )
+    book = AlertTracker(cfg).rules
+    assert book.for_device("line1", "mill-1").fire_after == 1
+    assert book.for_device("line2", "mill-1").fire_after == 3
+    assert book.for_device("line2", "mill-1").resolve_after == cfg.resolve_after
+    assert book.for_device("line2", "press-1").resolve_after == 9
+
+
+def test_rules_load_from_toml(tmp_path):
+    path = tmp_path / "gw.toml"
+    path.write_text('[alerts]\nfire_after = 2\n[[alerts.rules]]\nline = "line9"\nfire_after = 5\n')
+    cfg = load_gateway_config(path)
+    assert cfg.alerts.rules[0].fire_after == 5 and cfg.alerts.rules[0].resolve_after is None
+
+
+def reading(values, t_s, device="d"):
+    return Reading("l", device, int(t_s * S), dict(values), None, int(t_s * S))
+
+
+def faults_seen(transitions):
+    return [(tr.fault, tr.state) for tr in transitions]
+
+
+def test_stuck_sensor_fires_and_resolves():
+    faults = SensorFaults(SensorFaultConfig(stuck_after=4, resolve_after=2))
+    seen = []
+    for t in range(6):
+        seen += faults.on_reading(reading({"temperature_c": 50.0, "sound_db": 60 + t}, t), t)
+    assert faults_seen(seen) == [("stuck", FIRING)]
+    seen = []
+    for t in range(6, 8):
+        seen += faults.on_reading(reading({"temperature_c": 49.0 + t / 4, "sound_db": 60.0}, t), t)
+    assert faults_seen(seen) == [("stuck", RESOLVED)]
+
+
+def test_impossible_jump():
+    faults = SensorFaults(SensorFaultConfig(max_rate={"temperature_c": 5.0}))
+    faults.on_reading(reading({"temperature_c": 50.0}, 0), 0)
+    assert faults_seen(faults.on_reading(reading({"temperature_c": 53.0}, 1), 1)) == []
+    tr = faults.on_reading(reading({"temperature_c": 90.0}, 2), 2)
+    assert faults_seen(tr) == [("impossible_jump", FIRING)]
+    assert "temperature_c changed 37.0/s" in tr[0].detail
+
+
+def test_deadman_fires_without_a_message_and_resolves_on_the_next():
+    faults = SensorFaults(SensorFaultConfig(deadman_s=30))
+    faults.on_reading(reading({"temperature_c": 50.0}, 0), now=100.0)
+    assert faults.check_deadman(now=120.0, now_ns=0) == []
+    assert faults_seen(faults.check_deadman(now=131.0, now_ns=0)) == [("dropout", FIRING)]
+    assert faults.check_deadman(now=140.0, now_ns=0) == []  # fires once
+    back = faults.on_reading(reading({"temperature_c": 50.5}, 41), now=141.0)
+    assert faults_seen(back) == [("dropout", RESOLVED)]
+
+
+def test_out_of_range_and_decode_error_burst():
+    faults = SensorFaults(SensorFaultConfig(error_burst=3, error_window_s=60, resolve_after=1))
+    first = faults.on_rejected("l", "d", "out_of_range", "humidity_pct=140", 0, now=0)
+    assert faults_seen(first) == [("out_of_range", FIRING)]
+    faults.on_rejected("l", "d", "not_json", "x", 0, now=1)
+    burst = faults.on_rejected("l", "d", "not_json", "x", 0, now=2)
+    assert faults_seen(burst) == [("decode_errors", FIRING)]
+    assert faults_seen(faults.on_rejected("l", "e", "not_json", "x", 0, now=100)) == []
+    healed = faults.on_reading(reading({"temperature_c": 50.0}, 3), 3)
+    assert sorted(faults_seen(healed)) == [("decode_errors", RESOLVED), ("out_of_range", RESOLVED)]
+
+
+def test_silences_by_device_and_line():
+    silences = Silences()
+    now = time.time_ns()
+    until = now / 1e9 + 3600
+    silences.apply("factory/silence/line1/press-01", orjson.dumps({"until": until}))
+    assert silences.active("line1", "press-01", now) is not None
+    assert silences.active("line1", "press-02", now) is None
+    silences.apply("factory/silence/line1/_all", orjson.dumps({"until": until, "reason": "x"}))
+    assert silences.active("line1", "press-02", now).reason == "x"
+    assert silences.active("line1", "press-02", int(now + 7200 * 1e9)) is None  # expired
+    silences.apply("factory/silence/line1/_all", b"")
+    assert silences.active("line1", "press-02", now) is None
+    with pytest.raises(Rejected, match="until"):
+        silences.apply("factory/silence/line1/x", b'{"reason": "no end"}')
