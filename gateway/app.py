@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 
 from contract import READING_SUBSCRIPTION
+from gateway.cluster.coordinator import Coordinator
 from gateway.config import GatewayConfig
-from gateway.intake import Message, MqttIntake
+from gateway.intake import Message, MqttIntake, ack_all
 from gateway.lineprotocol import encode_point
 from gateway.metrics import GatewayMetrics
 from gateway.model_reload import ModelHolder
@@ -60,18 +61,21 @@ class Gateway:
             self.metrics.count_spooled(0, self._spool)
         # Bounded by flow control: at most receive_maximum QoS 1 messages are in flight.
         self._inbox: queue.Queue[Message] = queue.Queue(maxsize=2 * cfg.mqtt.receive_maximum)
-        self.intake = MqttIntake(
-            cfg.mqtt,
-            cfg.id,
-            (READING_SUBSCRIPTION, SILENCE_SUBSCRIPTION),
-            self._inbox,
-            self.metrics,
-        )
+        self.cluster: Coordinator | None = None
+        subscriptions: tuple[str, ...] = (READING_SUBSCRIPTION, SILENCE_SUBSCRIPTION)
+        if cfg.cluster.enabled:
+            # Readings arrive through partition sessions; the main session only
+            # follows membership, partition markers and silences.
+            self.cluster = Coordinator(cfg.cluster, cfg.mqtt, cfg.id, self._inbox, self.metrics)
+            subscriptions = (SILENCE_SUBSCRIPTION, *self.cluster.subscriptions)
+        self.intake = MqttIntake(cfg.mqtt, cfg.id, subscriptions, self._inbox, self.metrics)
+        if self.cluster is not None:
+            self.intake.set_router(self.cluster.handle_status)
         self.writer = Writer(
             self._sink,
             cfg.influx,
             self.metrics,
-            self.intake.ack,
+            ack_all,
             cfg.pipeline.write_queue_batches,
             health_point=self._health_point,
             health_interval_s=cfg.metrics.influx_interval_s,
@@ -121,12 +125,17 @@ class Gateway:
         self.writer.start()
         self.processor.start()
         self.intake.start()
+        if self.cluster is not None:
+            self.cluster.start()
         self.model.start()
         log.info("gateway %s started", self.cfg.id)
 
     def stop(self, timeout_s: float = 20.0) -> None:
         log.info("stopping: no new messages, flushing what was received")
         self.model.stop()
+        if self.cluster is not None:
+            self.cluster.stop_routing()
+            self.cluster.stop_accepting()
         self.intake.stop_accepting()
         self.processor.stop(timeout_s)
         if not self.writer.stop(timeout_s):
@@ -136,6 +145,8 @@ class Gateway:
                 timeout_s,
                 self.writer.unacked,
             )
+        if self.cluster is not None:
+            self.cluster.close()  # partition sessions stay with the broker for the next owner
         self.intake.close()
         self._sink.close()
         if self._spool is not None:

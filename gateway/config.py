@@ -156,6 +156,26 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several gateways sharing the stream (see README "Scale out")."""
+
+    enabled: bool = False
+    # Devices hash into this many partitions; keep it the same on every gateway and
+    # well above the number of gateways (changing it reshuffles device ownership).
+    partitions: int = 16
+    # Shared-subscription group and prefix of the partition session ids.
+    group: str = "factory"
+    # A dead gateway's ingest session is drained until quiet for this long, then ended.
+    rescue_idle_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.partitions <= 1024:
+            raise ValueError("cluster.partitions must be 1..1024")
+        if not self.group or any(c in self.group for c in "+#/ $"):
+            raise ValueError("cluster.group must be a plain name")
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     # Prometheus exposition port (0 disables).
     port: int = 9108
@@ -184,6 +204,7 @@ class GatewayConfig:
     sensor_faults: SensorFaultConfig = field(default_factory=SensorFaultConfig)
     influx: InfluxConfig = field(default_factory=InfluxConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
@@ -35,6 +36,15 @@ class Message:
     mid: int
     qos: int
     received_ns: int
+    # The session that must acknowledge it (one per partition in cluster mode).
+    client: mqtt.Client | None = None
+
+
+def ack_all(acks: list[tuple[mqtt.Client | None, int, int]]) -> None:
+    """Acknowledge (client, mid, qos) in order; a released session just ignores them."""
+    for client, mid, qos in acks:
+        if qos > 0 and client is not None:
+            client.ack(mid, qos)
 
 
 class MqttIntake:
@@ -63,6 +73,8 @@ class MqttIntake:
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
         self._accepting = True
+        # Optional hook that takes messages which are not for the inbox.
+        self._route: Callable[[mqtt.MQTTMessage], bool] | None = None
 
     def start(self) -> None:
         # clean_start=False: resume our persistent session and get what was queued
@@ -106,15 +118,15 @@ class MqttIntake:
             return  # shutting down: leave it unacknowledged, the broker redelivers
         # Blocks only if the inbox is full, which flow control (Receive Maximum)
         # prevents for QoS 1; it throttles a QoS 0 flood instead of growing memory.
-        self._inbox.put(Message(msg.topic, msg.payload, msg.mid, msg.qos, time.time_ns()))
+        if self._route is not None and self._route(msg):
+            return  # handled elsewhere (cluster membership); nothing to acknowledge later
+        self._inbox.put(Message(msg.topic, msg.payload, msg.mid, msg.qos, time.time_ns(), client))
 
     def stop_accepting(self) -> None:
         self._accepting = False
 
-    def ack(self, messages: list[tuple[int, int]]) -> None:
-        for mid, qos in messages:
-            if qos > 0:
-                self._client.ack(mid, qos)
+    def set_router(self, route: Callable[[mqtt.MQTTMessage], bool]) -> None:
+        self._route = route
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         info = self._client.publish(topic, payload, qos=1, retain=retain)

@@ -79,6 +79,17 @@ class GatewayMetrics:
         self.spool_full = Counter(
             "gateway_spool_full", "Times a batch did not fit in the spool", registry=r
         )
+        self.routed = Counter(
+            "gateway_cluster_routed", "Readings forwarded to their partition", registry=r
+        )
+        self.rescued = Counter(
+            "gateway_cluster_rescued",
+            "Readings forwarded from a dead gateway's session",
+            registry=r,
+        )
+        self.partitions_owned = Gauge(
+            "gateway_cluster_partitions_owned", "Partitions this gateway scores", registry=r
+        )
         self.intake_depth = Gauge(
             "gateway_intake_queue_depth", "Messages awaiting scoring", registry=r
         )

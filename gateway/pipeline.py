@@ -56,6 +56,7 @@ class Processor(threading.Thread):
         self._faults = SensorFaults(cfg.sensor_faults)
         self._notifier = Notifier(cfg, publish, metrics, self._alerts, self._faults, Silences())
         self._next_deadman = 0.0
+        self._cluster = cfg.cluster.enabled
         self._stopping = threading.Event()
         self._ratelog = RateLimitedLog(log, 10.0)
         self._limits_for: tuple[tuple[str, ...], object] | None = None
@@ -126,7 +127,9 @@ class Processor(threading.Thread):
                 self._dead_letter(msg, rej, lines, scorer.version, now)
         if valid:
             lines += self._score(valid, scorer, now)
-        self._writer.submit(WriteBatch(lines, [(m.mid, m.qos) for m in batch], len(valid)))
+        self._writer.submit(
+            WriteBatch(lines, [(m.client, m.mid, m.qos) for m in batch], len(valid))
+        )
 
     def _score(self, readings: list[Reading], scorer: Scorer, now: float) -> list[str]:
         started = time.perf_counter()
@@ -150,6 +153,8 @@ class Processor(threading.Thread):
             fields["is_anomaly"] = is_anomaly
             if reading.seq is not None:
                 fields["seq"] = reading.seq
+            if self._cluster:
+                fields["gateway"] = self._cfg.id  # which gateway scored it (a field, not a tag)
             tags = {"line": reading.line, "device": reading.device, "model_version": version}
             lines.append(encode_point("reading", tags, fields, reading.ts_ns))
             drivers = None

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from common.logs import RateLimitedLog
 from gateway.config import InfluxConfig
@@ -31,9 +32,9 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class WriteBatch:
     lines: list[str]
-    # (mid, qos) of every MQTT message the batch covers, rejected ones included, so
+    # (session, mid, qos) of every MQTT message the batch covers, rejected ones included, so
     # acknowledgements go out in the order the messages arrived.
-    acks: list[tuple[int, int]]
+    acks: list[tuple[Any, int, int]]
     readings: int = 0
 
 
@@ -43,7 +44,7 @@ class Writer(threading.Thread):
         sink: Sink,
         cfg: InfluxConfig,
         metrics: GatewayMetrics,
-        ack: Callable[[list[tuple[int, int]]], None],
+        ack: Callable[[list[tuple[Any, int, int]]], None],
         max_batches: int,
         health_point: Callable[[], str] | None = None,
         health_interval_s: float = 0.0,
