@@ -106,6 +106,19 @@ class Gateway:
             time.time_ns(),
         )
 
+    def healthy(self, stale_s: float = 10.0) -> bool:
+        """For the systemd watchdog: both worker threads alive and making progress.
+
+        A scorer blocked on a full write queue is waiting, not hung, as long as the
+        writer itself is alive (it retries InfluxDB or drains the spool).
+        """
+        now = time.monotonic()
+        writer_ok = self.writer.is_alive() and now - self.writer.heartbeat < stale_s
+        scorer_ok = self.processor.is_alive() and (
+            now - self.processor.heartbeat < stale_s or self.writer.full
+        )
+        return writer_ok and scorer_ok and not self.failed.is_set()
+
     def _fatal(self, exc: BaseException) -> None:
         self.failed.set()
         self.stop_requested.set()

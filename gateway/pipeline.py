@@ -57,6 +57,7 @@ class Processor(threading.Thread):
         self._notifier = Notifier(cfg, publish, metrics, self._alerts, self._faults, Silences())
         self._next_deadman = 0.0
         self._cluster = cfg.cluster.enabled
+        self.heartbeat = time.monotonic()
         self._stopping = threading.Event()
         self._ratelog = RateLimitedLog(log, 10.0)
         self._limits_for: tuple[tuple[str, ...], object] | None = None
@@ -95,6 +96,7 @@ class Processor(threading.Thread):
 
     def run(self) -> None:
         while True:
+            self.heartbeat = time.monotonic()
             batch = self._collect()
             if batch:
                 try:

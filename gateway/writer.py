@@ -64,6 +64,8 @@ class Writer(threading.Thread):
         self.unacked = 0
         self._unacked_lock = threading.Lock()
         self._spool = spool
+        # Updated every loop and every retry wait: the watchdog's proof of life.
+        self.heartbeat = time.monotonic()
         self._next_drain = 0.0
         self._drain_delay = cfg.retry_min_s
 
@@ -75,6 +77,10 @@ class Writer(threading.Thread):
     @property
     def depth(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def full(self) -> bool:
+        return self._queue.full()
 
     def stop(self, timeout_s: float) -> bool:
         """Flush what is queued; give up after ``timeout_s`` (unflushed = not acked)."""
@@ -112,6 +118,7 @@ class Writer(threading.Thread):
     def run(self) -> None:
         next_health = time.monotonic() + self._health_interval
         while True:
+            self.heartbeat = time.monotonic()
             batches = self._collect()
             lines = [ln for b in batches for ln in b.lines]
             if self._health_point and self._health_interval and time.monotonic() >= next_health:
@@ -146,6 +153,7 @@ class Writer(threading.Thread):
                 self._spool.bytes,
             )
             self._maybe_drain(force=True)
+            self.heartbeat = time.monotonic()
             if self._abandon.wait(delay):
                 return False
             delay = min(delay * 2, self._cfg.retry_max_s)
@@ -196,6 +204,7 @@ class Writer(threading.Thread):
         """Without a spool: retry until written; False only when abandoned at shutdown."""
         delay = self._cfg.retry_min_s
         while not self._try_write(lines, readings):
+            self.heartbeat = time.monotonic()
             if self._abandon.wait(delay):
                 return False
             delay = min(delay * 2, self._cfg.retry_max_s)
