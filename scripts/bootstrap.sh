@@ -26,6 +26,13 @@ have influxd         || missing+=(influxdb)
 have influx          || missing+=(influxdb-client)
 # A real server for the InfluxDB v2 write path in tests (InfluxDB 2.x is not in Debian).
 [[ "$REQS" == "requirements.txt" ]] || have victoria-metrics || missing+=(victoria-metrics)
+# Headless browser for the web page test (driven by Selenium through chromedriver).
+[[ "$REQS" == "requirements.txt" ]] || have chromium || missing+=(chromium)
+[[ "$REQS" == "requirements.txt" ]] || have chromedriver || missing+=(chromium-driver)
+# Tests of deploy/: systemd-analyze (unit checks), shellcheck (scripts), openssl (certificates).
+[[ "$REQS" == "requirements.txt" ]] || have systemd-analyze || missing+=(systemd)
+[[ "$REQS" == "requirements.txt" ]] || have shellcheck || missing+=(shellcheck)
+[[ "$REQS" == "requirements.txt" ]] || have openssl || missing+=(openssl)
 "$PYTHON" -c "import venv, ensurepip" 2>/dev/null || missing+=(python3-venv)
 
 if ((${#missing[@]})); then
