@@ -67,7 +67,7 @@ class Gateway:
             # Readings arrive through partition sessions; the main session only
             # follows membership, partition markers and silences.
             self.cluster = Coordinator(cfg.cluster, cfg.mqtt, cfg.id, self._inbox, self.metrics)
-            subscriptions = (SILENCE_SUBSCRIPTION, *self.cluster.subscriptions)
+            subscriptions = (*self.cluster.subscriptions, SILENCE_SUBSCRIPTION)
         self.intake = MqttIntake(cfg.mqtt, cfg.id, subscriptions, self._inbox, self.metrics)
         if self.cluster is not None:
             self.intake.set_router(self.cluster.handle_status)

@@ -97,11 +97,15 @@ class MqttIntake:
         client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._subscriptions])
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        failed = [rc for rc in reason_codes if rc.is_failure]
-        if failed:
-            log.error("subscription to %s refused: %s", self._subscriptions, failed)
-            return
-        log.info("subscribed to %s", ", ".join(self._subscriptions))
+        refused = [
+            t for t, rc in zip(self._subscriptions, reason_codes, strict=False) if rc.is_failure
+        ]
+        for topic in refused:
+            # Usually the broker's ACL: the gateway user needs read access to it.
+            log.error("broker refused the subscription to %s (check the ACL)", topic)
+        if refused and refused[0] == self._subscriptions[0]:
+            return  # without the primary subscription the gateway cannot work
+        log.info("subscribed to %s", ", ".join(t for t in self._subscriptions if t not in refused))
         # "online" means ready to receive, so it follows the SUBACK.
         client.publish(self._status_topic, ONLINE, qos=1, retain=True)
         self.subscribed.set()

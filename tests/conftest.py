@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,3 +192,28 @@ def gateway(tmp_path_factory, mosquitto, influxdb, models_dir) -> Iterator[Gatew
     ).start()
     yield gw
     gw.stop()
+
+
+@pytest.fixture
+def fake_systemd(tmp_path):
+    """A real AF_UNIX datagram socket playing systemd's NOTIFY_SOCKET; collects messages."""
+    path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(0.2)
+    messages: list[str] = []
+    stop = threading.Event()
+
+    def receive() -> None:
+        while not stop.is_set():
+            try:
+                messages.append(sock.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=receive, daemon=True)
+    thread.start()
+    yield path, messages
+    stop.set()
+    thread.join()
+    sock.close()

@@ -5,38 +5,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import threading
 
 import pytest
 
 from devstack.process import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def fake_systemd(tmp_path):
-    path = str(tmp_path / "notify.sock")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(0.2)
-    messages: list[str] = []
-    stop = threading.Event()
-
-    def receive() -> None:
-        while not stop.is_set():
-            try:
-                messages.append(sock.recv(4096).decode())
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=receive, daemon=True)
-    thread.start()
-    yield path, messages
-    stop.set()
-    thread.join()
-    sock.close()
 
 
 def test_ready_watchdog_and_stopping(start_gateway, fake_systemd):

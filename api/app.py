@@ -1,0 +1,336 @@
+"""The Flask application factory: ``create_app(config)``.
+
+One app per worker process.  The model is loaded here, once (through
+:class:`~api.model_holder.ModelHolder`), never at import time and never per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, request
+from werkzeug.exceptions import HTTPException
+
+from api.auth import HEADER, KeyCheck
+from api.config import ApiConfig
+from api.errors import ApiError, error_response, json_response
+from api.influx import InfluxQueryError, InfluxReader, InfluxUnavailable
+from api.metrics import ApiMetrics
+from api.model_holder import LoadedModel, ModelHolder
+from api.openapi import build_openapi
+from api.predict import parse_request, score, validate
+from api.readiness import CachedCheck, mqtt_reachable
+from contract import DEFAULT_FIELDS
+from contract.topics import valid_name
+from model.scorer import Scorer, load_scorer
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+# Endpoints that need the API key when keys are configured (/health never does).
+PROTECTED = frozenset({"predict", "model_info", "recent"})
+# Metrics label for a path: known routes by name, everything else lumped together.
+_KNOWN_PATHS = {
+    "/predict": "predict",
+    "/health": "health",
+    "/ready": "ready",
+    "/model": "model",
+    "/metrics": "metrics",
+    "/openapi.json": "openapi",
+    "/api/recent": "recent",
+    "/": "page",
+}
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+DEFAULT_MINUTES = 15
+# A refused body up to this size is read and dropped before answering 413: closing a
+# socket with unread data resets the connection, and the client would never see the
+# answer.  Larger bodies get the reset.
+DRAIN_MAX_BYTES = 16 * 1024 * 1024
+
+
+class TimingMiddleware:
+    """Times each request in the app, adds ``Server-Timing: app;dur=<ms>`` and counts it.
+
+    Sits outside Flask so the figure covers routing, auth, parsing, scoring and
+    serialisation: everything but the HTTP server itself.
+    """
+
+    def __init__(self, wsgi_app: Callable, metrics: ApiMetrics):
+        self._app = wsgi_app
+        self._metrics = metrics
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
+        started = time.perf_counter()
+        path = environ.get("PATH_INFO", "")
+        endpoint = _KNOWN_PATHS.get(path, "static" if path.startswith("/static/") else "other")
+
+        def timed_start_response(status: str, headers: list, exc_info=None):
+            elapsed = time.perf_counter() - started
+            headers.append(("Server-Timing", f"app;dur={elapsed * 1000:.3f}"))
+            self._metrics.requests.labels(endpoint, status[:3]).inc()
+            self._metrics.latency.labels(endpoint).observe(elapsed)
+            return start_response(status, headers, exc_info)
+
+        return self._app(environ, timed_start_response)
+
+
+def _page_html(cfg: ApiConfig, keys_enabled: bool) -> bytes:
+    html = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    html = html.replace("__REFRESH_MS__", str(round(cfg.page_refresh_s * 1000)))
+    html = html.replace("__KEYS_ENABLED__", "true" if keys_enabled else "false")
+    return html.encode("utf-8")
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def create_app(
+    config: ApiConfig | None = None,
+    *,
+    scorer_factory: Callable[[str | Path], Scorer] = load_scorer,
+) -> Flask:
+    cfg = config or ApiConfig()
+    app = Flask(__name__, static_folder=str(STATIC_DIR), static_url_path="/static")
+    app.config["MAX_CONTENT_LENGTH"] = cfg.limits.max_body_bytes
+    app.config["SEND_FILE_MAX_AGE_DEFAULT"] = 300
+
+    metrics = ApiMetrics()
+    keys = KeyCheck(cfg.api_keys())
+
+    def on_change(new: LoadedModel, old: LoadedModel | None) -> None:
+        if old is not None:
+            metrics.reloads.labels("ok").inc()
+        metrics.set_model(new.scorer.version, old.scorer.version if old else None)
+
+    holder = ModelHolder(
+        cfg.model.path,
+        scorer_factory,
+        check_interval_s=cfg.model.check_interval_s,
+        max_payload_bytes=cfg.limits.max_body_bytes,
+        on_change=on_change,
+        on_failure=lambda _msg: metrics.reloads.labels("failed").inc(),
+    )
+    # create_app runs in each worker after the fork, so the thread lives in the worker.
+    holder.start_watching()
+    fields = tuple(f.name for f in DEFAULT_FIELDS)
+    influx = InfluxReader(cfg.influx, fields)
+    checks: list[CachedCheck] = []
+    if cfg.ready.check_influx:
+        checks.append(
+            CachedCheck("influxdb", lambda: influx.ping(cfg.ready.timeout_s), cfg.ready.cache_s)
+        )
+    if cfg.ready.check_mqtt:
+        checks.append(
+            CachedCheck(
+                "mqtt", lambda: mqtt_reachable(cfg.mqtt, cfg.ready.timeout_s), cfg.ready.cache_s
+            )
+        )
+    page = _page_html(cfg, keys.enabled)
+    openapi_cache: dict[str, bytes] = {}
+
+    app.extensions["model_holder"] = holder
+    app.extensions["api_metrics"] = metrics
+    app.extensions["api_config"] = cfg
+    app.wsgi_app = TimingMiddleware(app.wsgi_app, metrics)  # type: ignore[method-assign]
+
+    # --- errors: always JSON, never an HTML page or a bare 500 -----------------------
+
+    @app.errorhandler(ApiError)
+    def _api_error(err: ApiError) -> Response:
+        metrics.errors.labels(err.code).inc()
+        return error_response(err)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = _HTTP_CODES.get(status, "http_error")
+        message = exc.description or exc.name
+        if status == 413:
+            message = f"request body is over the limit of {cfg.limits.max_body_bytes} bytes"
+            _drain_body(request.environ)
+        err = ApiError(status, code, message)
+        if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
+            err.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
+        metrics.errors.labels(code).inc()
+        return error_response(err)
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
+        metrics.errors.labels("internal").inc()
+        return error_response(ApiError(500, "internal", "internal error; see the server log"))
+
+    @app.before_request
+    def _require_key() -> None:
+        if request.endpoint in PROTECTED:
+            try:
+                keys.check(request.headers.get(HEADER))
+            except ApiError:
+                metrics.auth_failures.inc()
+                log.warning("rejected %s %s from %s: bad or missing API key",
+                            request.method, request.path, request.remote_addr)  # fmt: skip
+                raise
+
+    # --- endpoints ---------------------------------------------------------------------
+
+    @app.post("/predict")
+    def predict() -> Response:
+        model = holder.get()  # one model for the whole request, even if a reload happens
+        parsed = parse_request(request, cfg.limits.max_records)
+        x = validate(parsed, model)
+        results = score(x, model)
+        anomalies = sum(r["is_anomaly"] for r in results)
+        metrics.records.observe(len(results))
+        metrics.scored.inc(len(results))
+        if anomalies:
+            metrics.anomalies.inc(anomalies)
+        if parsed.single:
+            return json_response(results[0])
+        scorer = model.scorer
+        return json_response(
+            {
+                "model_version": scorer.version,
+                "threshold": round(scorer.threshold, 6),
+                "count": len(results),
+                "anomalies": anomalies,
+                "results": results,
+            }
+        )
+
+    @app.get("/health")
+    def health() -> Response:
+        return json_response({"status": "ok", "pid": os.getpid()})
+
+    @app.get("/ready")
+    def ready() -> Response:
+        model = holder.get()
+        results = {"model": True}
+        for check in checks:
+            results[check.name] = check()
+        ok = all(results.values())
+        return json_response(
+            {
+                "status": "ready" if ok else "not_ready",
+                "model_version": model.scorer.version,
+                "checks": results,
+            },
+            200 if ok else 503,
+        )
+
+    @app.get("/model")
+    def model_info() -> Response:
+        model = holder.get()
+        scorer = model.scorer
+        return json_response(
+            {
+                **scorer.metadata,
+                "path": str(scorer.path),
+                "loaded_at": _iso(model.loaded_at),
+                "worker_pid": os.getpid(),
+            }
+        )
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, content_type=content_type)
+
+    @app.get("/openapi.json")
+    def openapi() -> Response:
+        scorer = holder.get().scorer
+        body = openapi_cache.get(scorer.version)
+        if body is None:
+            doc = build_openapi(
+                features=scorer.features,
+                max_records=cfg.limits.max_records,
+                max_body_bytes=cfg.limits.max_body_bytes,
+                max_minutes=cfg.influx.max_minutes,
+                keys_enabled=keys.enabled,
+                version=scorer.version,
+            )
+            body = json_response(doc).get_data()
+            openapi_cache.clear()
+            openapi_cache[scorer.version] = body
+        return Response(body, mimetype="application/json")
+
+    @app.get("/api/recent")
+    def recent() -> Response:
+        minutes = _minutes_param(request.args.get("minutes"), cfg.influx.max_minutes)
+        line = _name_param(request.args.get("line"), "line")
+        device = _name_param(request.args.get("device"), "device")
+        scorer = holder.get().scorer
+        try:
+            devices = influx.recent(minutes, line, device)
+        except InfluxUnavailable as exc:
+            raise ApiError(503, "influx_unavailable", str(exc)) from None
+        except InfluxQueryError as exc:
+            raise ApiError(502, "influx_error", str(exc)) from None
+        return json_response(
+            {
+                "minutes": minutes,
+                "threshold": round(scorer.threshold, 6),
+                "model_version": scorer.version,
+                "devices": devices,
+            }
+        )
+
+    @app.get("/")
+    def index() -> Response:
+        return Response(page, mimetype="text/html")
+
+    return app
+
+
+def _drain_body(environ: dict[str, Any]) -> None:
+    try:
+        remaining = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    if remaining > DRAIN_MAX_BYTES:
+        return
+    stream = environ["wsgi.input"]
+    while remaining > 0:
+        chunk = stream.read(min(65536, remaining))
+        if not chunk:
+            break
+        remaining -= len(chunk)
+
+
+_INT = re.compile(r"^\s*\d{1,9}\s*$")
+
+
+def _minutes_param(raw: str | None, maximum: int) -> int:
+    if raw is None or raw == "":
+        return min(DEFAULT_MINUTES, maximum)
+    if not _INT.match(raw) or not 1 <= int(raw) <= maximum:
+        raise ApiError(
+            422, "bad_parameter", f"minutes must be an integer from 1 to {maximum}", field="minutes"
+        )
+    return int(raw)
+
+
+def _name_param(raw: str | None, name: str) -> str | None:
+    if raw is None or raw == "":
+        return None
+    if not valid_name(raw):
+        raise ApiError(
+            422,
+            "bad_parameter",
+            f"{name} must be 1-64 printable characters without spaces, '+', '#' or '/'",
+            field=name,
+        )
+    return raw

@@ -1,0 +1,337 @@
+"""The OpenAPI 3 document served at ``/openapi.json``.
+
+Built from the live model's features, the contract's field table (ranges, units,
+aliases) and the configured limits, so the document says exactly what the server
+accepts.  Cached per model version.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from contract import DEFAULT_FIELDS
+from contract.fields import FieldSpec
+
+_ERROR_REF = {"$ref": "#/components/schemas/Error"}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR_REF}}}
+
+
+def _field_schema(spec: FieldSpec) -> dict[str, Any]:
+    aliases = [a for a in spec.aliases if a != spec.name]
+    return {
+        "type": "number",
+        "minimum": spec.minimum,
+        "maximum": spec.maximum,
+        "description": f"{spec.unit}; also accepted as: {', '.join(aliases)} (any case)",
+    }
+
+
+def build_openapi(
+    *,
+    features: tuple[str, ...],
+    max_records: int,
+    max_body_bytes: int,
+    max_minutes: int,
+    keys_enabled: bool,
+    version: str,
+) -> dict[str, Any]:
+    specs = {f.name: f for f in DEFAULT_FIELDS}
+    reading = {
+        "type": "object",
+        "description": (
+            "One sensor reading. Field names are case-insensitive and the aliases of "
+            "existing clients are accepted; other keys are ignored."
+        ),
+        "properties": {
+            **{name: _field_schema(specs[name]) for name in features if name in specs},
+            "ts": {
+                "description": "RFC 3339 time with offset, or epoch seconds (optional)",
+                "oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
+            },
+            "seq": {"type": "integer", "minimum": 0, "description": "per-device sequence"},
+        },
+        "required": list(features),
+    }
+    driver = {
+        "type": "object",
+        "required": ["feature", "value", "z"],
+        "properties": {
+            "feature": {"type": "string", "enum": list(features)},
+            "value": {"type": "number"},
+            "z": {
+                "type": "number",
+                "description": "signed deviation from the training mean in standard deviations",
+            },
+        },
+    }
+    result = {
+        "type": "object",
+        "required": ["score", "is_anomaly", "threshold", "model_version", "drivers"],
+        "properties": {
+            "score": {"type": "number", "minimum": 0, "maximum": 1},
+            "is_anomaly": {"type": "boolean", "description": "score >= threshold"},
+            "threshold": {"type": "number"},
+            "model_version": {"type": "string"},
+            "drivers": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/Driver"},
+                "description": "features ordered by how unusual their value is (|z|)",
+            },
+        },
+    }
+    batch = {
+        "type": "object",
+        "required": ["model_version", "threshold", "count", "anomalies", "results"],
+        "properties": {
+            "model_version": {"type": "string"},
+            "threshold": {"type": "number"},
+            "count": {"type": "integer", "minimum": 0},
+            "anomalies": {"type": "integer", "minimum": 0},
+            "results": {
+                "type": "array",
+                "items": {"$ref": "#/components/schemas/PredictResult"},
+                "description": "one result per record, in request order",
+            },
+        },
+    }
+    error = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["status", "code", "message"],
+                "properties": {
+                    "status": {"type": "integer"},
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string"},
+                    "index": {"type": "integer", "minimum": 0},
+                    "details": {"type": "array", "items": {"type": "object"}},
+                },
+            }
+        },
+    }
+    series = {
+        "type": "object",
+        "required": ["line", "device", "points", "anomalies", "time", "values", "score"],
+        "properties": {
+            "line": {"type": "string"},
+            "device": {"type": "string"},
+            "points": {"type": "integer"},
+            "anomalies": {"type": "integer"},
+            "time": {"type": "array", "items": {"type": "integer"}, "description": "epoch ms"},
+            "values": {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": {"type": ["number", "null"]}},
+            },
+            "score": {"type": "array", "items": {"type": ["number", "null"]}},
+            "is_anomaly": {"type": "array", "items": {"type": "boolean"}},
+            "model_version": {"type": ["string", "null"]},
+        },
+    }
+    secured = [{"ApiKey": []}] if keys_enabled else []
+    unauthorized = {"401": _error("missing or wrong API key")} if keys_enabled else {}
+    name_param = {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 64,
+        "pattern": "^[^+#/ ]+$",
+    }
+    json_body = {"application/json": {"schema": {"type": "object"}}}
+    paths: dict[str, Any] = {
+        "/predict": {
+            "post": {
+                "summary": "Score readings",
+                "description": (
+                    'Send one reading, a list, or {"records": [...]}. The whole request is '
+                    "scored by one model; a bad record rejects the request (422) naming "
+                    f"its index and field. At most {max_records} records and "
+                    f"{max_body_bytes} bytes."
+                ),
+                "security": secured,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "anyOf": [
+                                    {"$ref": "#/components/schemas/Reading"},
+                                    {
+                                        "type": "array",
+                                        "maxItems": max_records,
+                                        "items": {"$ref": "#/components/schemas/Reading"},
+                                    },
+                                    {
+                                        "type": "object",
+                                        "required": ["records"],
+                                        "properties": {
+                                            "records": {
+                                                "type": "array",
+                                                "maxItems": max_records,
+                                                "items": {"$ref": "#/components/schemas/Reading"},
+                                            }
+                                        },
+                                    },
+                                ]
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "a result object for one reading, a batch for a list",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "anyOf": [
+                                        {"$ref": "#/components/schemas/PredictResult"},
+                                        {"$ref": "#/components/schemas/PredictBatch"},
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                    "400": _error("body is empty or not JSON"),
+                    **unauthorized,
+                    "413": _error("body or number of records over the limit"),
+                    "415": _error("Content-Type is not application/json"),
+                    "422": _error(
+                        "a record is invalid: missing, non-numeric, non-finite, "
+                        "out of range; names the field and the record index"
+                    ),
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "The process is alive (never needs a key)",
+                "responses": {"200": {"description": "alive", "content": json_body}},
+            }
+        },
+        "/ready": {
+            "get": {
+                "summary": "A model is loaded (and configured dependencies answer)",
+                "responses": {
+                    "200": {"description": "ready", "content": json_body},
+                    "503": {
+                        "description": "not ready; says which check failed",
+                        "content": json_body,
+                    },
+                },
+            }
+        },
+        "/model": {
+            "get": {
+                "summary": "The model this worker serves: metadata and evaluation metrics",
+                "security": secured,
+                "responses": {
+                    "200": {"description": "model metadata", "content": json_body},
+                    **unauthorized,
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (all workers)",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/api/recent": {
+            "get": {
+                "summary": "Recent readings, scores and anomalies per device, from InfluxDB",
+                "security": secured,
+                "parameters": [
+                    {"name": "line", "in": "query", "required": False, "schema": name_param},
+                    {"name": "device", "in": "query", "required": False, "schema": name_param},
+                    {
+                        "name": "minutes",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": max_minutes,
+                            "default": 15,
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "one entry per device, oldest point first",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["minutes", "devices", "threshold"],
+                                    "properties": {
+                                        "minutes": {"type": "integer"},
+                                        "threshold": {"type": "number"},
+                                        "model_version": {"type": "string"},
+                                        "devices": {
+                                            "type": "array",
+                                            "items": {"$ref": "#/components/schemas/Series"},
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **unauthorized,
+                    "414": {
+                        "description": "request line over 4094 bytes (answered by gunicorn)",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "422": _error("a query parameter is invalid (names it)"),
+                    "502": _error("InfluxDB answered with an error"),
+                    "503": _error("InfluxDB is not configured or did not answer"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "OpenAPI 3 document", "content": json_body}},
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "The web page (form + live charts)",
+                "responses": {
+                    "200": {
+                        "description": "HTML page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+    }
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Factory anomaly prediction API",
+            "version": "1",
+            "description": f"Scores sensor readings with the gateway's model ({version}).",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": {
+                "Reading": reading,
+                "Driver": driver,
+                "PredictResult": result,
+                "PredictBatch": batch,
+                "Series": series,
+                "Error": error,
+            },
+            "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+        },
+    }
+    return doc

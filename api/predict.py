@@ -1,0 +1,161 @@
+"""``POST /predict``: request body -> validated feature matrix -> one scoring call.
+
+Accepted bodies: one reading object, a JSON list of them, or ``{"records": [...]}``.
+Field names and aliases are the wire contract's (:func:`contract.normalise_record`);
+a request is scored whole or not at all: any bad record gets a 422 that names the
+record's index and the field, and lists the other bad records (up to a few).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from flask import Request
+
+from api.errors import ApiError
+from api.model_holder import LoadedModel
+from contract import Rejected, normalise_record
+
+# How many bad records one 422 lists besides the first.
+MAX_ERROR_DETAILS = 10
+# Features reported per record as what drove the score.
+DRIVERS = 3
+
+_SHAPE_HINT = 'send one reading object, a list of them, or {"records": [...]}'
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedRequest:
+    records: list[Any]
+    # A single object in, a single result out; lists and {"records"} get a list back.
+    single: bool
+
+
+def _is_json(mimetype: str) -> bool:
+    return mimetype == "application/json" or (
+        mimetype.startswith("application/") and mimetype.endswith("+json")
+    )
+
+
+def _loads(raw: bytes) -> Any:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        strict_error = str(exc)
+    # orjson refuses NaN/Infinity (not JSON); clients written with Python's json send
+    # them anyway.  Parse leniently so the 422 can name the offending field.
+    try:
+        obj = json.loads(raw, parse_int=_bounded_int)
+    except (ValueError, RecursionError):
+        raise ApiError(400, "not_json", f"body is not valid JSON: {strict_error[:160]}") from None
+    return obj
+
+
+def _bounded_int(text: str) -> int | float:
+    # Integers beyond 64 bits (which orjson refuses) become floats, possibly inf, so
+    # the record is rejected as not finite / out of range instead of overflowing.
+    return int(text) if len(text) <= 18 else float(text)
+
+
+def parse_request(request: Request, max_records: int) -> ParsedRequest:
+    if not _is_json(request.mimetype):
+        shown = request.mimetype or "none"
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type must be application/json, got {shown}",
+        )
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        raise ApiError(400, "empty_body", f"request body is empty; {_SHAPE_HINT}")
+    obj = _loads(raw)
+    if isinstance(obj, dict) and "records" in obj:
+        records = obj["records"]
+        if not isinstance(records, list):
+            raise ApiError(422, "not_list", "records must be a list", field="records")
+        single = False
+    elif isinstance(obj, dict):
+        records, single = [obj], True
+    elif isinstance(obj, list):
+        records, single = obj, False
+    else:
+        raise ApiError(422, "not_object", f"got a JSON {type(obj).__name__}; {_SHAPE_HINT}")
+    if len(records) > max_records:
+        raise ApiError(
+            413,
+            "too_many_records",
+            f"{len(records)} records in one request, the limit is {max_records}",
+            field="records",
+        )
+    return ParsedRequest(records, single)
+
+
+def validate(parsed: ParsedRequest, model: LoadedModel) -> np.ndarray:
+    """The (n, k) feature matrix in the model's column order, or ApiError(422)."""
+    features = model.scorer.features
+    now_ns = time.time_ns()
+    rows: list[list[float]] = []
+    problems: list[dict[str, Any]] = []
+    rejected = 0
+    for index, record in enumerate(parsed.records):
+        try:
+            values, _ts, _seq = normalise_record(record, now_ns, model.limits)
+        except Rejected as rej:
+            rejected += 1
+            if len(problems) <= MAX_ERROR_DETAILS:
+                problem: dict[str, Any] = {"code": rej.reason, "message": rej.detail}
+                if rej.field is not None:
+                    problem["field"] = rej.field
+                if not parsed.single:
+                    problem["index"] = index
+                problems.append(problem)
+            continue
+        if not problems:
+            rows.append([values[f] for f in features])
+    if problems:
+        first = problems[0]
+        where = "" if parsed.single else f"record {first['index']}: "
+        more = f" ({rejected} of {len(parsed.records)} records rejected)" if rejected > 1 else ""
+        raise ApiError(
+            422,
+            first["code"],
+            f"{where}{first['message']}{more}",
+            field=first.get("field"),
+            index=first.get("index"),
+            details=problems[1:],
+        )
+    return np.array(rows, dtype=np.float64).reshape(len(rows), len(features))
+
+
+def score(x: np.ndarray, model: LoadedModel) -> list[dict[str, Any]]:
+    """Score every row in one call; per row: score, decision, model and drivers."""
+    scorer = model.scorer
+    if x.shape[0] == 0:
+        return []
+    scores = scorer.score(x)
+    flags = scorer.is_anomaly(scores)
+    z = scorer.explain(x)
+    threshold = round(scorer.threshold, 6)
+    version = scorer.version
+    features = scorer.features
+    results = []
+    for i in range(x.shape[0]):
+        drivers = [
+            {"feature": name, "value": float(x[i, features.index(name)]), "z": round(zi, 3)}
+            for name, zi in scorer.top_contributors(z[i], DRIVERS)
+        ]
+        results.append(
+            {
+                "score": round(float(scores[i]), 6),
+                "is_anomaly": bool(flags[i]),
+                "threshold": threshold,
+                "model_version": version,
+                "drivers": drivers,
+            }
+        )
+    return results
