@@ -21,7 +21,7 @@ from contract.topics import UNKNOWN, TopicError, parse_reading_topic
 from gateway.alerts import AlertTracker
 from gateway.config import GatewayConfig
 from gateway.intake import Message
-from gateway.lineprotocol import encode_point
+from gateway.lineprotocol import ReadingEncoder
 from gateway.metrics import GatewayMetrics
 from gateway.notifier import PROCESS_ANOMALY, Notifier
 from gateway.sensor_faults import SensorFaults
@@ -57,6 +57,7 @@ class Processor(threading.Thread):
         self._notifier = Notifier(cfg, publish, metrics, self._alerts, self._faults, Silences())
         self._next_deadman = 0.0
         self._cluster = cfg.cluster.enabled
+        self._encoder = ReadingEncoder()
         self.heartbeat = time.monotonic()
         self._stopping = threading.Event()
         self._ratelog = RateLimitedLog(log, 10.0)
@@ -157,8 +158,9 @@ class Processor(threading.Thread):
                 fields["seq"] = reading.seq
             if self._cluster:
                 fields["gateway"] = self._cfg.id  # which gateway scored it (a field, not a tag)
-            tags = {"line": reading.line, "device": reading.device, "model_version": version}
-            lines.append(encode_point("reading", tags, fields, reading.ts_ns))
+            lines.append(
+                self._encoder.encode(reading.line, reading.device, version, fields, reading.ts_ns)
+            )
             drivers = None
             if is_anomaly:
                 drivers = scorer.top_contributors(explain[explained])  # type: ignore[index]

@@ -51,8 +51,13 @@ class SensorFaults:
         self._devices: dict[tuple[str, str], _Watch] = {}
         # (line, device, fault) -> consecutive good observations while firing
         self._firing: dict[tuple[str, str, str], int] = {}
+        # (line, device) -> number of its faults firing; most devices have none, and
+        # for them the "still fine" bookkeeping is skipped (hot path).
+        self._active: dict[tuple[str, str], int] = {}
 
     def firing(self, line: str, device: str) -> list[str]:
+        if (line, device) not in self._active:
+            return []
         return [f for (ln, dv, f) in self._firing if ln == line and dv == device]
 
     def _set(
@@ -66,16 +71,27 @@ class SensorFaults:
         out: list[FaultTransition],
         need: int | None = None,
     ) -> None:
+        if not active and key not in self._active:
+            return
         fkey = (*key, fault)
         if active:
             if fkey not in self._firing:
                 out.append(FaultTransition(*key, fault, FIRING, detail, ts_ns, values))
+                self._active[key] = self._active.get(key, 0) + 1
             self._firing[fkey] = 0
         elif fkey in self._firing:
             self._firing[fkey] += 1
             if self._firing[fkey] >= (need or self._cfg.resolve_after):
                 del self._firing[fkey]
+                self._release(key)
                 out.append(FaultTransition(*key, fault, RESOLVED, "back to normal", ts_ns, values))
+
+    def _release(self, key: tuple[str, str]) -> None:
+        left = self._active.get(key, 1) - 1
+        if left:
+            self._active[key] = left
+        else:
+            self._active.pop(key, None)
 
     def on_reading(self, reading: Reading, now: float) -> list[FaultTransition]:
         key = (reading.line, reading.device)
@@ -153,6 +169,7 @@ class SensorFaults:
                 del self._devices[key]
                 for fkey in [k for k in self._firing if k[:2] == key]:
                     del self._firing[fkey]
+                self._active.pop(key, None)
             elif silent > self._cfg.deadman_s:
                 self._set(key, DROPOUT, True, f"no reading for {silent:.0f}s", now_ns, {}, out)
         return out

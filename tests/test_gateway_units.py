@@ -217,3 +217,15 @@ def test_silences_by_device_and_line():
     assert silences.active("line1", "press-02", now) is None
     with pytest.raises(Rejected, match="until"):
         silences.apply("factory/silence/line1/x", b'{"reason": "no end"}')
+
+
+def test_reading_encoder_matches_the_generic_encoder():
+    from gateway.lineprotocol import ReadingEncoder
+
+    enc = ReadingEncoder(max_cached=2)
+    fields = {"temperature_c": 71.5, "score": 0.25, "is_anomaly": False, "seq": 7}
+    for line, device in [("line 1", "a,b=c"), ("l2", "d"), ("l3", "e"), ("line 1", "a,b=c")]:
+        tags = {"line": line, "device": device, "model_version": "v1"}
+        assert enc.encode(line, device, "v1", fields, 123) == encode_point(
+            "reading", tags, fields, 123
+        )
