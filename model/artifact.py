@@ -7,10 +7,16 @@ Layout::
             model.joblib               {"pipeline": Pipeline, "detector": name}
             metadata.json              features, threshold, calibration, metrics, ...
         current -> 20240501T120000Z-3fa9c2d1
+        history.json                   every switch of ``current``, oldest first
 
 A version directory is written under a temporary name and renamed into place, and
 ``current`` is replaced with ``os.replace`` on a fresh symlink, so a reader (gateway,
 API worker) sees either the old model or the new one, never a half-written one.
+
+``history.json`` (``{"activations": [{"version", "previous", "at", "reason"}, ...]}``) is
+rewritten atomically under an exclusive lock on the models directory each time
+``current`` is switched; :func:`rollback` uses it to find the version that was active
+before the current one was (last) deployed.
 
 joblib files are pickles: loading one runs code.  The models directory must only be
 writable by the account that trains models.
@@ -18,6 +24,7 @@ writable by the account that trains models.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -36,6 +43,10 @@ _LOG = logging.getLogger(__name__)
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
 CURRENT = "current"
+HISTORY_FILE = "history.json"
+# Older entries are dropped beyond this: the file stays small on a long-lived box.
+HISTORY_MAX_ENTRIES = 500
+ROLLBACK = "rollback"
 
 
 class ModelError(Exception):
@@ -125,7 +136,7 @@ def save_artifact(
     _fsync_dir(models_dir)
     _LOG.info("saved model version %s in %s", version, models_dir)
     if activate:
-        _switch_current(models_dir, version)
+        _switch_current(models_dir, version, reason="train")
     return target
 
 
@@ -159,7 +170,15 @@ def _check_version_dir(models_dir: Path, version: str) -> Path:
     return target
 
 
-def _switch_current(models_dir: Path, version: str) -> None:
+def _switch_current(models_dir: Path, version: str, reason: str) -> None:
+    with _locked(models_dir):
+        previous = active_version(models_dir)
+        _replace_link(models_dir, version)
+        _append_history(models_dir, version, previous, reason)
+    _LOG.info("active model is now %s (was %s)", version, previous)
+
+
+def _replace_link(models_dir: Path, version: str) -> None:
     link = models_dir / CURRENT
     if link.exists() and not link.is_symlink():
         raise ModelError(f"{link} exists and is not a symlink; refusing to replace it")
@@ -172,15 +191,109 @@ def _switch_current(models_dir: Path, version: str) -> None:
         tmp_link.unlink(missing_ok=True)
         raise
     _fsync_dir(models_dir)
-    _LOG.info("active model is now %s", version)
 
 
-def activate(models_dir: str | Path, version: str) -> Path:
-    """Point ``current`` at an existing version (atomic); returns the version directory."""
+class _locked:
+    """Exclusive flock on the models directory: one history read-modify-write at a time."""
+
+    def __init__(self, models_dir: Path):
+        self._path = models_dir
+        self._fd = -1
+
+    def __enter__(self) -> None:
+        self._fd = os.open(self._path, os.O_RDONLY)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+
+
+def read_history(models_dir: str | Path) -> list[dict[str, Any]]:
+    """Activations recorded in ``history.json``, oldest first ([] if there is none)."""
+    path = Path(models_dir) / HISTORY_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"activation history unreadable: {path}: {exc}") from None
+    entries = data.get("activations") if isinstance(data, dict) else None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ModelError(f"activation history malformed: {path} (expected 'activations' list)")
+    return entries
+
+
+def _append_history(models_dir: Path, version: str, previous: str | None, reason: str) -> None:
+    try:
+        entries = read_history(models_dir)
+    except ModelError as exc:
+        # The link switch already happened; a broken history must not undo it.
+        _LOG.warning("%s; starting a new history", exc)
+        entries = []
+    entries.append(
+        {"version": version, "previous": previous, "at": utc_now_rfc3339(), "reason": reason}
+    )
+    body = json.dumps({"activations": entries[-HISTORY_MAX_ENTRIES:]}, indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{HISTORY_FILE}.", dir=models_dir)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(body.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, models_dir / HISTORY_FILE)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(models_dir)
+
+
+def activate(models_dir: str | Path, version: str, reason: str = "activate") -> Path:
+    """Point ``current`` at an existing version (atomic) and record it in the history;
+    returns the version directory."""
     models_dir = Path(models_dir)
     target = _check_version_dir(models_dir, version)
-    _switch_current(models_dir, version)
+    _switch_current(models_dir, version, reason)
     return target
+
+
+def rollback_target(models_dir: str | Path) -> str:
+    """The version that was active before the current one was last deployed.
+
+    Deployments are the history entries not made by a rollback; so rolling back
+    twice from v3 goes to v2, then to v1 (like an undo stack), and ``activate`` is
+    the way forward again.
+    """
+    models_dir = Path(models_dir)
+    current = active_version(models_dir)
+    if current is None:
+        raise ModelError(f"{models_dir} has no active model to roll back from")
+    history = read_history(models_dir)
+    if not history:
+        raise ModelError(
+            f"{models_dir}/{HISTORY_FILE} is missing: no record of the previous version; "
+            "use `activate VERSION` (see `list`)"
+        )
+    for entry in reversed(history):
+        if entry.get("version") == current and entry.get("reason") != ROLLBACK:
+            previous = entry.get("previous")
+            if not previous or previous == current:
+                raise ModelError(f"{current} was the first version activated; nothing before it")
+            return str(previous)
+    raise ModelError(
+        f"{HISTORY_FILE} does not say what was active before {current} (it was activated "
+        "before the history was kept, or by hand); use `activate VERSION` (see `list`)"
+    )
+
+
+def rollback(models_dir: str | Path) -> tuple[str, str]:
+    """Switch ``current`` back (see :func:`rollback_target`); returns (from, to)."""
+    models_dir = Path(models_dir)
+    current = active_version(models_dir)
+    target = rollback_target(models_dir)
+    activate(models_dir, target, reason=ROLLBACK)
+    return str(current), target
 
 
 def list_versions(models_dir: str | Path) -> list[str]:

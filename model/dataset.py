@@ -9,6 +9,12 @@ file, the column and, for bad values, the line number.
 
 Labels and fault columns use one vocabulary: ``NORMAL_TOKENS`` (0, false, no, none,
 normal, ok, empty, ...) mean "normal", anything else means "anomaly".
+
+Stream features (``temperature_c__std_10``, see :mod:`model.stream_features`) are not
+CSV columns: :func:`load_csv` reads the fields they need plus the timestamp and device
+columns (``ts``; ``line`` and ``device`` by default), computes them per device in time
+order, and drops each device's warm-up rows and repeated (device, ts) rows, counting
+both.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ import hashlib
 import logging
 import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -26,6 +33,14 @@ from typing import IO
 import numpy as np
 
 from contract.fields import DEFAULT_FIELDS, canonical_field
+from model.stream_features import (
+    DeviceRows,
+    StreamFeatureError,
+    StreamSpec,
+    compute_offline,
+    duplicate_mask,
+    parse_feature,
+)
 
 _LOG = logging.getLogger(__name__)
 
@@ -33,9 +48,14 @@ NORMAL_TOKENS = frozenset(
     {"", "0", "0.0", "false", "f", "no", "n", "none", "normal", "nominal", "ok"}
 )
 DEFAULT_CHUNK_ROWS = 50_000
+# Columns that identify a device when stream features need per-device windows.
+DEFAULT_GROUP_COLUMNS = ("line", "device")
+DEFAULT_TIMESTAMP_COLUMN = "ts"
+_GROUP_SEPARATOR = "/"
 
 # Real exports carry long free-text columns; the stdlib default (128 KiB) is too small.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class DatasetError(ValueError):
@@ -55,6 +75,10 @@ class Dataset:
     sha256: str | None = None  # of the file bytes
     label_column: str | None = None  # header names, recorded in model metadata
     fault_column: str | None = None
+    groups: np.ndarray | None = None  # device key per row ("line1/press-01"), if read
+    ts_ns: np.ndarray | None = None  # int64 epoch ns per row, if parsed
+    rows_warmup: int = 0  # rows without a full stream-feature window (not in X)
+    rows_duplicate: int = 0  # rows repeating a (device, ts) already seen (not in X)
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
@@ -70,6 +94,7 @@ class CsvLayout:
     timestamp_index: int | None = None
     label_index: int | None = None
     fault_index: int | None = None
+    group_index: tuple[int, ...] = ()
 
     @property
     def feature_columns(self) -> tuple[str, ...]:
@@ -88,6 +113,8 @@ class Chunk:
     ts: np.ndarray | None
     kept: np.ndarray  # int indices into rows
     dropped: int = 0
+    groups: np.ndarray | None = None  # device key per kept row
+    ts_ns: np.ndarray | None = None  # int64 per kept row (when parse_ts)
 
 
 def default_features() -> list[str]:
@@ -95,8 +122,37 @@ def default_features() -> list[str]:
 
 
 def canonical_feature(name: str) -> str:
-    """Contract name for a known field or alias; other names stay as given."""
-    return canonical_field(name) or name.strip()
+    """Contract name for a known field or alias; other names stay as given.
+
+    Stream feature names keep their suffix: ``Temperature_C__std_10`` ->
+    ``temperature_c__std_10``.
+    """
+    name = name.strip()
+    try:
+        parsed = parse_feature(name)
+    except StreamFeatureError as exc:
+        raise DatasetError(str(exc)) from None
+    if parsed is not None:
+        field = canonical_field(parsed.field) or parsed.field
+        return f"{field}{name[len(parsed.field) :]}"
+    return canonical_field(name) or name
+
+
+def parse_ts_ns(text: str) -> int:
+    """RFC 3339 (with a UTC offset) or epoch seconds -> int epoch nanoseconds.
+
+    The same conversion as the gateway's decoder, so stream features computed from a
+    CSV and from live readings use identical time differences.
+    """
+    text = text.strip()
+    try:
+        return round(float(text) * 1e9)
+    except ValueError:
+        pass
+    parsed = datetime.fromisoformat(text)  # ValueError if not RFC 3339
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no UTC offset")
+    return (parsed - _EPOCH) // timedelta(microseconds=1) * 1000
 
 
 def labels_from_strings(values: Sequence[str]) -> np.ndarray:
@@ -166,6 +222,7 @@ def resolve_layout(
     timestamp_column: str | None = None,
     label_column: str | None = None,
     fault_column: str | None = None,
+    group_columns: Sequence[str] | None = None,
     source: str = "CSV",
     delimiter: str = ",",
 ) -> CsvLayout:
@@ -197,6 +254,7 @@ def resolve_layout(
         ("fault", fault_column),
     ):
         optional[role] = None if column is None else need(column, role, use_aliases=False)
+    group_index = tuple(need(c, "device", use_aliases=False) for c in group_columns or ())
     return CsvLayout(
         header=header,
         feature_names=tuple(names),
@@ -204,6 +262,7 @@ def resolve_layout(
         timestamp_index=optional["timestamp"],
         label_index=optional["label"],
         fault_index=optional["fault"],
+        group_index=group_index,
     )
 
 
@@ -222,6 +281,18 @@ def _column_to_float(values: list[str]) -> np.ndarray:
     return out
 
 
+def _parse_ts_column(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(int64 ns, bad mask); unparseable cells are 0 and flagged."""
+    out = np.zeros(len(values), dtype=np.int64)
+    bad = np.zeros(len(values), dtype=bool)
+    for i, value in enumerate(values):
+        try:
+            out[i] = parse_ts_ns(value)
+        except (ValueError, OverflowError):
+            bad[i] = True
+    return out, bad
+
+
 class CsvSource:
     """An open CSV with a resolved layout, read in chunks (constant memory)."""
 
@@ -234,8 +305,16 @@ class CsvSource:
         timestamp_column: str | None = None,
         label_column: str | None = None,
         fault_column: str | None = None,
+        group_columns: Sequence[str] | None = None,
+        parse_ts: bool = False,
     ):
+        """``group_columns``: columns whose values, joined by "/", name the device of a
+        row.  ``parse_ts``: parse the timestamp column into ``Chunk.ts_ns``; a row whose
+        timestamp does not parse is invalid like a row with a bad value."""
         self.path = Path(path)
+        if parse_ts and timestamp_column is None:
+            raise DatasetError("parsing timestamps needs a timestamp column")
+        self._parse_ts = parse_ts
         self.name = self.path.name
         if len(delimiter) != 1:
             raise DatasetError(f"delimiter must be one character, got {delimiter!r}")
@@ -259,6 +338,7 @@ class CsvSource:
                 timestamp_column=timestamp_column,
                 label_column=label_column,
                 fault_column=fault_column,
+                group_columns=group_columns,
                 source=self.name,
                 delimiter=delimiter,
             )
@@ -313,6 +393,10 @@ class CsvSource:
         for j, col in enumerate(layout.feature_index):
             X[:, j] = _column_to_float([r[col] for r in cells])
         invalid = bad_width | ~np.isfinite(X).all(axis=1)
+        ts_ns = None
+        if self._parse_ts:
+            ts_ns, bad_ts = _parse_ts_column([r[layout.timestamp_index] for r in cells])
+            invalid |= bad_ts
         if invalid.any() and not drop_invalid:
             first = int(np.flatnonzero(invalid)[0])
             raise DatasetError(self._explain_invalid(rows[first], lines[first], X[first]))
@@ -325,6 +409,15 @@ class CsvSource:
         labels = column(layout.label_index)
         faults = column(layout.fault_index)
         stamps = column(layout.timestamp_index)
+        groups = None
+        if layout.group_index:
+            groups = np.array(
+                [
+                    _GROUP_SEPARATOR.join(r[i].strip() for i in layout.group_index)
+                    for r in kept_cells
+                ],
+                dtype=str,
+            )
         return Chunk(
             rows=rows,
             lines=lines,
@@ -334,6 +427,8 @@ class CsvSource:
             ts=None if stamps is None else np.array(stamps, dtype=str),
             kept=kept,
             dropped=int(invalid.sum()),
+            groups=groups,
+            ts_ns=None if ts_ns is None else ts_ns[kept],
         )
 
     def _explain_invalid(self, row: list[str], line: int, values: np.ndarray) -> str:
@@ -352,6 +447,13 @@ class CsvSource:
                     f"{where}: column {self.layout.header[col]!r} {what} "
                     "(use --drop-invalid to skip such rows)"
                 )
+        if self._parse_ts and self.layout.timestamp_index is not None:
+            column = self.layout.header[self.layout.timestamp_index]
+            raw = row[self.layout.timestamp_index]
+            return (
+                f"{where}: column {column!r} value {raw[:40]!r} is not an RFC 3339 time "
+                "with a UTC offset or epoch seconds (use --drop-invalid to skip such rows)"
+            )
         return f"{where}: invalid row"
 
     def close(self) -> None:
@@ -375,12 +477,42 @@ class _Parts:
     y: list[np.ndarray] = field(default_factory=list)
     faults: list[np.ndarray] = field(default_factory=list)
     ts: list[np.ndarray] = field(default_factory=list)
+    ts_ns: list[np.ndarray] = field(default_factory=list)
+    groups: list[np.ndarray] = field(default_factory=list)
+    dropped: int = 0
 
 
 def _concat(parts: list[np.ndarray], present: bool) -> np.ndarray | None:
     if not present:
         return None
     return np.concatenate(parts) if parts else np.empty(0)
+
+
+def _read_all(source: CsvSource, drop_invalid: bool) -> _Parts:
+    parts = _Parts()
+    for chunk in source.chunks(drop_invalid=drop_invalid):
+        parts.dropped += chunk.dropped
+        parts.X.append(chunk.X)
+        for name in ("y", "faults", "ts", "ts_ns", "groups"):
+            value = getattr(chunk, name)
+            if value is not None:
+                getattr(parts, name).append(value)
+    return parts
+
+
+def auto_group_columns(path: str | Path, delimiter: str, raw: Sequence[str]) -> list[str]:
+    with CsvSource(path, features=raw, delimiter=delimiter) as probe:
+        header = probe.header
+    found = [
+        c for c in DEFAULT_GROUP_COLUMNS if _find_column(header, c, use_aliases=False) is not None
+    ]
+    if "device" not in found:
+        raise DatasetError(
+            f"{probe.name}: stream features are computed per device, but there is no "
+            f"'device' column; available columns: {_describe_header(header)} "
+            "(name the device columns with --device-columns)"
+        )
+    return found
 
 
 def load_csv(
@@ -392,33 +524,45 @@ def load_csv(
     label_column: str | None = None,
     fault_column: str | None = None,
     drop_invalid: bool = False,
+    group_columns: Sequence[str] | None = None,
 ) -> Dataset:
     """Read the whole CSV into a :class:`Dataset` (see the module docstring for matching).
 
     Rows whose feature values are empty, non-numeric or non-finite, or that have the
     wrong number of fields, raise :class:`DatasetError` naming the line, unless
     ``drop_invalid`` is set; then they are skipped and counted in ``rows_dropped``.
+
+    With stream features among ``features`` the timestamp column (default ``ts``) must
+    parse too, ``group_columns`` (default: ``line`` and ``device`` if present) name the
+    device, and the result holds only rows with a full window (``rows_warmup`` and
+    ``rows_duplicate`` count the others).
     """
-    parts = _Parts()
-    dropped = 0
+    wanted = default_features() if features is None else list(features)
+    names = [canonical_feature(f) for f in wanted]
+    try:
+        spec = StreamSpec.from_features(names)
+    except StreamFeatureError as exc:
+        raise DatasetError(str(exc)) from None
+    if spec.has_derived:
+        timestamp_column = timestamp_column or DEFAULT_TIMESTAMP_COLUMN
+        if group_columns is None:
+            group_columns = auto_group_columns(path, delimiter, list(spec.raw_fields))
+        read_features = list(spec.raw_fields)
+    else:
+        read_features = wanted
     with CsvSource(
         path,
-        features=features,
+        features=read_features,
         delimiter=delimiter,
         timestamp_column=timestamp_column,
         label_column=label_column,
         fault_column=fault_column,
+        group_columns=group_columns,
+        parse_ts=spec.has_derived,
     ) as source:
         layout = source.layout
-        for chunk in source.chunks(drop_invalid=drop_invalid):
-            dropped += chunk.dropped
-            parts.X.append(chunk.X)
-            if chunk.y is not None:
-                parts.y.append(chunk.y)
-            if chunk.faults is not None:
-                parts.faults.append(chunk.faults)
-            if chunk.ts is not None:
-                parts.ts.append(chunk.ts)
+        parts = _read_all(source, drop_invalid)
+    dropped = parts.dropped
     k = len(layout.feature_names)
     X = np.concatenate(parts.X) if parts.X else np.empty((0, k))
     if X.shape[0] == 0:
@@ -427,7 +571,7 @@ def load_csv(
     if dropped:
         _LOG.warning("%s: dropped %d invalid rows", source.name, dropped)
     y = _concat(parts.y, layout.label_index is not None)
-    return Dataset(
+    dataset = Dataset(
         X=X,
         y=None if y is None else y.astype(np.int8),
         faults=_concat(parts.faults, layout.fault_index is not None),
@@ -439,6 +583,71 @@ def load_csv(
         sha256=file_sha256(path),
         label_column=_header_name(layout, layout.label_index),
         fault_column=_header_name(layout, layout.fault_index),
+        groups=_concat(parts.groups, bool(layout.group_index)),
+        ts_ns=_concat(parts.ts_ns, spec.has_derived),
+    )
+    if not spec.has_derived:
+        return dataset
+    return derive_stream_features(dataset, tuple(names))
+
+
+def derive_stream_features(dataset: Dataset, feature_names: Sequence[str]) -> Dataset:
+    """Replace X by ``feature_names`` computed per device (``groups``, ``ts_ns``).
+
+    ``dataset.feature_names`` must hold every field the stream features need.  Rows
+    repeating an earlier (device, ts) and each device's warm-up rows are dropped and
+    counted; everything else keeps its order.
+    """
+    if dataset.groups is None or dataset.ts_ns is None:
+        raise DatasetError("stream features need device keys and parsed timestamps")
+    spec = StreamSpec.from_features(feature_names)
+    where = dataset.source or "data"
+    missing = [f for f in spec.raw_fields if f not in dataset.feature_names]
+    if missing:
+        raise DatasetError(f"{where}: fields {missing} are needed for {list(feature_names)}")
+    repeat = duplicate_mask(dataset.groups, dataset.ts_ns)
+    n_repeat = int(repeat.sum())
+    if n_repeat:
+        _LOG.warning("%s: dropped %d rows that repeat a (device, ts) already seen", where, n_repeat)
+    unique = ~repeat
+    column = {name: j for j, name in enumerate(dataset.feature_names)}
+    rows = DeviceRows(
+        keys=dataset.groups[unique],
+        ts_ns=dataset.ts_ns[unique],
+        values={f: dataset.X[unique, column[f]] for f in spec.raw_fields},
+    )
+    X, ready = compute_offline(rows, spec.features)
+    keep = np.flatnonzero(unique)[ready]
+    warmup = int((~ready).sum())
+    _LOG.info(
+        "%s: stream features %s; %d warm-up rows dropped (%d per device)",
+        where,
+        ", ".join(f.name for f in spec.derived),
+        warmup,
+        spec.warmup,
+    )
+    if keep.size == 0:
+        raise DatasetError(
+            f"{where}: no device has more than {spec.warmup} readings; "
+            f"stream features {[f.name for f in spec.derived]} need {spec.longest}"
+        )
+    header = dict(zip(dataset.feature_names, dataset.columns, strict=False))
+
+    def pick(values: np.ndarray | None) -> np.ndarray | None:
+        return None if values is None else values[keep]
+
+    return replace(
+        dataset,
+        X=X[ready],
+        y=pick(dataset.y),
+        faults=pick(dataset.faults),
+        ts=pick(dataset.ts),
+        groups=pick(dataset.groups),
+        ts_ns=pick(dataset.ts_ns),
+        feature_names=spec.features,
+        columns=tuple(header.get(name, name) for name in spec.features),
+        rows_warmup=dataset.rows_warmup + warmup,
+        rows_duplicate=dataset.rows_duplicate + n_repeat,
     )
 
 

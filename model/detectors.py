@@ -3,8 +3,12 @@
 A detector is an sklearn Pipeline whose final step follows the sklearn outlier
 convention: ``score_samples`` is higher for more normal data.  :func:`raw_scores`
 flips the sign so everything downstream (calibration, thresholds, metrics) reads
-"higher is more anomalous".  To add a detector (e.g. PCA Hotelling T² + Q), write a
-builder that returns such a Pipeline and register it in ``DETECTORS``.
+"higher is more anomalous".  To add a detector, write a builder that returns such a
+Pipeline and register it in ``DETECTORS``; every detector then goes through the same
+envelope, calibration and threshold path and is saved in the same artifact format.
+
+* ``isolation_forest`` - StandardScaler + IsolationForest (default);
+* ``pca_t2q`` - StandardScaler + PCA Hotelling T² + Q (:mod:`model.pca_monitor`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 from model.fastforest import compile_forest
+from model.pca_monitor import PcaT2Q, compile_pca
 
 _LOG = logging.getLogger(__name__)
 # Rows the compiled forest is checked on against sklearn before it is trusted.
@@ -42,12 +47,27 @@ def _isolation_forest(random_state: int, **params: Any) -> Pipeline:
     )
 
 
+def _pca_t2q(random_state: int, **params: Any) -> Pipeline:
+    # Deterministic: random_state is accepted (and recorded) for a uniform interface.
+    return Pipeline([("scale", StandardScaler()), ("detector", PcaT2Q(**params))])
+
+
 DETECTORS: dict[str, DetectorSpec] = {
     "isolation_forest": DetectorSpec(
         build=_isolation_forest,
         # n_jobs=1: the edge box runs the gateway and API on the same few cores.
         defaults={"n_estimators": 100, "max_samples": "auto", "n_jobs": 1},
         description="StandardScaler + IsolationForest",
+    ),
+    "pca_t2q": DetectorSpec(
+        build=_pca_t2q,
+        defaults={
+            "explained_variance": 0.95,
+            "alpha": 0.01,
+            "q_limit": "jackson_mudholkar",
+            "combine": "sum",
+        },
+        description="StandardScaler + PCA Hotelling T² + Q (SPE)",
     ),
 }
 
@@ -75,31 +95,32 @@ def compiled_raw_scores(pipeline: Pipeline) -> Callable[[np.ndarray], np.ndarray
     """``raw_scores(pipeline, X)`` as a function of X, compiled once when possible.
 
     A fitted StandardScaler + IsolationForest becomes a :class:`model.fastforest.
-    CompiledForest`: the same scores without sklearn's ~5 ms per-call overhead.  The
+    CompiledForest` (no sklearn ~5 ms per-call overhead), a StandardScaler + PcaT2Q a
+    :class:`model.pca_monitor.CompiledPca` (no ~1 ms validation overhead).  The
     compiled scores are first checked against sklearn on probe rows; any other
-    detector, or a compiled forest that disagrees, keeps scoring through sklearn.
+    detector, or a compiled one that disagrees, keeps scoring through sklearn.
     """
 
     def slow(X: np.ndarray) -> np.ndarray:
         return raw_scores(pipeline, X)
 
     try:
-        forest = compile_forest(pipeline)
+        compiled = compile_forest(pipeline) or compile_pca(pipeline)
     except (AttributeError, IndexError, TypeError, ValueError) as exc:
-        _LOG.warning("cannot compile the forest (%s); scoring through sklearn", exc)
+        _LOG.warning("cannot compile the model (%s); scoring through sklearn", exc)
         return slow
-    if forest is None:
+    if compiled is None:
         return slow
-    probe = _probe_rows(pipeline, forest.n_features)
+    probe = _probe_rows(pipeline, compiled.n_features)
     try:
-        gap = float(np.max(np.abs(forest.raw_scores(probe) - raw_scores(pipeline, probe))))
+        gap = float(np.max(np.abs(compiled.raw_scores(probe) - raw_scores(pipeline, probe))))
     except Exception as exc:  # a broken pipeline: the loader's smoke test reports it
-        _LOG.warning("cannot check the compiled forest (%s); scoring through sklearn", exc)
+        _LOG.warning("cannot check the compiled model (%s); scoring through sklearn", exc)
         return slow
     if not gap <= 1e-12:
-        _LOG.warning("compiled forest differs from sklearn by %g; scoring through sklearn", gap)
+        _LOG.warning("compiled model differs from sklearn by %g; scoring through sklearn", gap)
         return slow
-    return forest.raw_scores
+    return compiled.raw_scores
 
 
 def _probe_rows(pipeline: Pipeline, k: int) -> np.ndarray:

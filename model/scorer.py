@@ -6,6 +6,13 @@
     z = scorer.explain(X[alerts])         # why: signed deviation per feature
     scorer.top_contributors(z[0])         # [("temperature_c", 6.2), ...]
 
+Models that use per-device rolling features (``temperature_c__std_10``, see
+:mod:`model.stream_features`) list them in ``features`` like any other column; the
+caller computes them, e.g. with one ``scorer.new_window()`` per device:
+
+    window = scorer.new_window()
+    x = window.update(reading.ts_ns, reading.values)   # None during warm-up
+
 A Scorer is immutable after loading, so one instance may serve concurrent
 ``score()`` calls from several threads.  ``load_scorer`` resolves ``current`` once:
 to pick up a newly activated model, load a new Scorer and swap the reference.
@@ -26,6 +33,7 @@ from model.artifact import MODEL_FILE, ModelError, read_metadata, resolve
 from model.calibration import Calibration
 from model.detectors import compiled_raw_scores
 from model.envelope import Envelope
+from model.stream_features import RollingWindow, StreamFeatureError, StreamSpec
 
 _LOG = logging.getLogger(__name__)
 
@@ -66,6 +74,23 @@ class Scorer:
         self._raw_scores = compiled_raw_scores(pipeline)
         if not self.features:
             raise ValueError("model has no features")
+        self.stream = StreamSpec.from_features(self.features)
+        declared = metadata.get("stream_features")
+        declared_windows = None if declared is None else dict(declared.get("window", {}))
+        if self.stream.has_derived and declared_windows not in (None, self.stream.windows):
+            raise ValueError(
+                f"stream_features.window {declared_windows} does not match the "
+                f"features, which need {self.stream.windows}"
+            )
+
+    @property
+    def raw_fields(self) -> tuple[str, ...]:
+        """Reading fields the model needs (its plain features and the windowed fields)."""
+        return self.stream.raw_fields
+
+    def new_window(self) -> RollingWindow:
+        """Empty per-device window computing this model's features from readings."""
+        return RollingWindow(self.stream)
 
     def __repr__(self) -> str:
         return f"Scorer(version={self.version!r}, features={self.features!r})"
@@ -167,6 +192,8 @@ def load_scorer(path: str | Path) -> Scorer:
         )
     try:
         scorer = Scorer(pipeline, metadata, version_dir)
+    except StreamFeatureError as exc:
+        raise ModelError(f"{version_dir}/metadata.json: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{version_dir}/metadata.json is inconsistent: {exc!r}") from None
     try:

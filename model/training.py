@@ -30,8 +30,10 @@ from model.artifact import utc_now_rfc3339
 from model.calibration import DEFAULT_MAX_FALSE_ALARM_RATE, Calibration, choose_threshold
 from model.dataset import Dataset
 from model.detectors import build_detector, detector_params, raw_scores
+from model.drift import reference_from_data
 from model.envelope import DEFAULT_WEIGHT, Envelope
 from model.metrics import alarm_summary, evaluate
+from model.stream_features import StreamFeatureError, StreamSpec, feature_unit
 
 _LOG = logging.getLogger(__name__)
 
@@ -161,6 +163,10 @@ def train(
     X, y = dataset.X, dataset.y
     if X.ndim != 2 or X.shape[1] != len(dataset.feature_names):
         raise TrainingError(f"X shape {X.shape} does not match features {dataset.feature_names}")
+    try:
+        stream = StreamSpec.from_features(dataset.feature_names)
+    except StreamFeatureError as exc:
+        raise TrainingError(str(exc)) from None
     effective_params = detector_params(detector, params)
 
     with _stage("splitting"):
@@ -221,7 +227,7 @@ def train(
         )
 
     with _stage("evaluating"):
-        test_scores = calibration.apply(raw(X[test_idx]))
+        test_scores = calibration.apply(raw(X[test_idx])) if test_idx.size else np.empty(0)
         metrics = {
             "validation": _evaluate_split(val_scores, threshold, dataset, val_idx),
             "test": _evaluate_split(test_scores, threshold, dataset, test_idx),
@@ -240,7 +246,8 @@ def train(
         "detector": detector,
         "params": {"random_state": random_state, **effective_params},
         "features": [
-            {"name": name, "unit": _UNITS.get(name, "")} for name in dataset.feature_names
+            {"name": name, "unit": feature_unit(name, _UNITS.get(_field_of(name), ""))}
+            for name in dataset.feature_names
         ],
         "threshold": threshold,
         "calibration": calibration.to_dict(),
@@ -254,6 +261,8 @@ def train(
             "columns": list(dataset.columns),
             "fit_on": "normal" if (y is not None and fit_on == "normal") else "all",
             "rows_dropped": dataset.rows_dropped,
+            "rows_warmup": dataset.rows_warmup,
+            "rows_duplicate": dataset.rows_duplicate,
             "split": {
                 "train": int(train_idx.size),
                 "fit": int(fit_idx.size),
@@ -265,11 +274,20 @@ def train(
             "max_false_alarm_rate": max_false_alarm_rate,
         },
         "feature_stats": feature_stats(X_fit, dataset.feature_names),
+        # Per-feature decile bins of the fitted rows: the gateway's PSI reference.
+        "drift_reference": reference_from_data(X_fit, dataset.feature_names),
         "versions": runtime_versions(),
         "created_at": utc_now_rfc3339(),
         "metrics": metrics,
     }
+    if stream.has_derived:
+        metadata["stream_features"] = stream.to_metadata()
     return pipeline, metadata
+
+
+def _field_of(name: str) -> str:
+    spec = StreamSpec.from_features([name])
+    return spec.raw_fields[0]
 
 
 def _fmt(value: float | None) -> str:

@@ -18,6 +18,7 @@ import pytest
 from model import cli
 from model.artifact import (
     CURRENT,
+    HISTORY_FILE,
     ModelError,
     activate,
     active_version,
@@ -114,9 +115,9 @@ def test_version_names_and_collisions(tmp_path: Path, model_and_data) -> None:
     assert third.name == f"{first.name}-3"
     assert list_versions(models) == [first.name, second.name, third.name]
     assert active_version(models) == first.name
-    # Nothing temporary is left behind.
+    # Nothing temporary is left behind; the one activation is in the history.
     assert sorted(p.name for p in models.iterdir()) == sorted(
-        [CURRENT, first.name, second.name, third.name]
+        [CURRENT, HISTORY_FILE, first.name, second.name, third.name]
     )
 
 

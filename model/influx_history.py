@@ -1,0 +1,367 @@
+"""Read scored readings and sensor-fault flags back from InfluxDB 1.x (v1 ``/query``).
+
+The gateway writes measurement ``reading`` (tags line, device, model_version; fields
+temperature_c, humidity_pct, sound_db, ..., score, is_anomaly) and, for sensor faults,
+measurement ``sensor_fault`` (tags line, device, kind; field ``active`` 1/0).
+
+Memory stays bounded while reading: the time range is queried in slices of
+``window_s``, and each slice is streamed with ``chunked=true`` so that only one chunk
+of ``chunk_size`` points is parsed at a time; values go straight into compact numpy
+arrays, and more than ``max_rows`` readings is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+import urllib3
+
+_LOG = logging.getLogger(__name__)
+
+READING = "reading"
+SENSOR_FAULT = "sensor_fault"
+NS = 1_000_000_000
+
+
+class HistoryError(RuntimeError):
+    """InfluxDB could not be queried, or the history cannot be used; says why."""
+
+
+def quote_ident(name: str) -> str:
+    """InfluxQL double-quoted identifier."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def quote_string(value: str) -> str:
+    """InfluxQL single-quoted string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def regex_literal(pattern: str) -> str:
+    """InfluxQL /regex/ literal; the pattern is checked with Python's re first."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise HistoryError(f"invalid device regex {pattern!r}: {exc}") from None
+    return "/" + pattern.replace("/", "\\/") + "/"
+
+
+@dataclass(frozen=True)
+class HistoryFilter:
+    since_ns: int
+    until_ns: int
+    line: str | None = None
+    device_regex: str | None = None
+
+    def where(self, since_ns: int | None = None, until_ns: int | None = None) -> str:
+        lo = self.since_ns if since_ns is None else since_ns
+        hi = self.until_ns if until_ns is None else until_ns
+        parts = [f"time >= {lo}", f"time < {hi}"]
+        if self.line is not None:
+            parts.append(f'"line" = {quote_string(self.line)}')
+        if self.device_regex is not None:
+            parts.append(f'"device" =~ {regex_literal(self.device_regex)}')
+        return " AND ".join(parts)
+
+
+class InfluxV1:
+    """Minimal InfluxDB 1.x query client (urllib3, keep-alive, streamed chunks)."""
+
+    def __init__(
+        self,
+        url: str,
+        database: str,
+        *,
+        username: str = "",
+        password: str = "",
+        retention_policy: str = "",
+        timeout_s: float = 60.0,
+        chunk_size: int = 10_000,
+    ):
+        self.url = url.rstrip("/")
+        self.database = database
+        self.retention_policy = retention_policy
+        self.chunk_size = chunk_size
+        self._headers = (
+            urllib3.make_headers(basic_auth=f"{username}:{password}") if username else {}
+        )
+        self._http = urllib3.PoolManager(
+            retries=urllib3.Retry(total=3, backoff_factor=0.5, allowed_methods=None),
+            timeout=urllib3.Timeout(connect=5.0, read=timeout_s),
+        )
+
+    def measurement(self, name: str) -> str:
+        if self.retention_policy:
+            return f"{quote_ident(self.retention_policy)}.{quote_ident(name)}"
+        return quote_ident(name)
+
+    def query(self, q: str) -> Iterator[dict[str, Any]]:
+        """Series of the (single) statement, chunk by chunk; a series may span chunks."""
+        fields = {
+            "q": q,
+            "db": self.database,
+            "epoch": "ns",
+            "chunked": "true",
+            "chunk_size": str(self.chunk_size),
+        }
+        try:
+            resp = self._http.request(
+                "POST",
+                f"{self.url}/query",
+                fields=fields,
+                encode_multipart=False,
+                headers=self._headers,
+                preload_content=False,
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            raise HistoryError(f"cannot reach InfluxDB at {self.url}: {exc}") from None
+        try:
+            if resp.status >= 400:
+                body = resp.read(2000).decode("utf-8", "replace")
+                raise HistoryError(f"InfluxDB query failed ({resp.status}): {body.strip()}")
+            yield from self._series(resp)
+        except urllib3.exceptions.HTTPError as exc:
+            raise HistoryError(f"InfluxDB connection lost while reading: {exc}") from None
+        finally:
+            resp.release_conn()
+
+    @staticmethod
+    def _series(resp: urllib3.BaseHTTPResponse) -> Iterator[dict[str, Any]]:
+        pending = b""
+        for block in resp.stream(1 << 16):
+            pending += block
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield from _chunk_series(line)
+        yield from _chunk_series(pending)
+
+
+def _chunk_series(line: bytes) -> Iterator[dict[str, Any]]:
+    if not line.strip():
+        return
+    try:
+        doc = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise HistoryError(f"unexpected answer from InfluxDB: {line[:200]!r} ({exc})") from None
+    if "error" in doc:
+        raise HistoryError(f"InfluxDB error: {doc['error']}")
+    for result in doc.get("results", []):
+        if "error" in result:
+            raise HistoryError(f"InfluxDB query error: {result['error']}")
+        yield from result.get("series", [])
+
+
+@dataclass
+class _DeviceParts:
+    ts: list[np.ndarray] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)
+    anomalous: list[np.ndarray] = field(default_factory=list)
+    rows: int = 0
+
+
+@dataclass(frozen=True, eq=False)
+class History:
+    """Readings grouped by device, time-ordered within each device."""
+
+    keys: np.ndarray  # (n,) "line/device"
+    ts_ns: np.ndarray  # (n,) int64
+    X: np.ndarray  # (n, k) float64, columns = fields
+    anomalous: np.ndarray  # (n,) bool: is_anomaly was true when it was scored
+    fields: tuple[str, ...]
+    incomplete: int = 0  # points lacking a needed field (not in the arrays)
+    duplicates: int = 0  # repeated (device, ts) points, e.g. re-scored by another version
+
+    def __len__(self) -> int:
+        return int(self.ts_ns.shape[0])
+
+
+def _truthy(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return value != 0
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "t", "yes"}
+    return False
+
+
+def _device_key(series: dict[str, Any]) -> str:
+    tags = series.get("tags") or {}
+    return f"{tags.get('line', '')}/{tags.get('device', '')}"
+
+
+def read_history(
+    client: InfluxV1,
+    fields: Sequence[str],
+    flt: HistoryFilter,
+    *,
+    window_s: float = 6 * 3600.0,
+    max_rows: int = 2_000_000,
+) -> History:
+    """Readings with every field in ``fields`` (plus is_anomaly) between since and until."""
+    fields = tuple(fields)
+    select = ", ".join(quote_ident(f) for f in (*fields, "score", "is_anomaly"))
+    devices: dict[str, _DeviceParts] = {}
+    total = incomplete = 0
+    step = max(int(window_s * NS), 1)
+    lo = flt.since_ns
+    while lo < flt.until_ns:
+        hi = min(lo + step, flt.until_ns)
+        q = (
+            f"SELECT {select} FROM {client.measurement(READING)} WHERE {flt.where(lo, hi)} "
+            'GROUP BY "line", "device"'
+        )
+        for series in client.query(q):
+            columns = series["columns"]
+            values = series.get("values") or []
+            if not values:
+                continue
+            table = np.array(values, dtype=object)  # None where a point lacks a field
+            sub = table[:, [columns.index(f) for f in fields]]
+            complete = np.not_equal(sub, None).all(axis=1)
+            X = sub[complete].astype(np.float64)
+            finite = np.isfinite(X).all(axis=1)
+            keep = np.flatnonzero(complete)[finite]
+            incomplete += len(values) - keep.size
+            part = devices.setdefault(_device_key(series), _DeviceParts())
+            part.ts.append(table[keep, 0].astype(np.int64))
+            part.values.append(X[finite])
+            flags = table[keep, columns.index("is_anomaly")]
+            part.anomalous.append(np.fromiter(map(_truthy, flags), dtype=bool, count=keep.size))
+            part.rows += keep.size
+            total += keep.size
+            if total > max_rows:
+                raise HistoryError(
+                    f"more than {max_rows} readings in the selected range; narrow --since/"
+                    "--until, --line or --device-regex, or raise retrain.max_rows"
+                )
+        _LOG.info("read history up to %s: %d readings", iso_ns(hi), total)
+        lo = hi
+    return _assemble(devices, fields, incomplete)
+
+
+def _assemble(
+    devices: dict[str, _DeviceParts], fields: tuple[str, ...], incomplete: int
+) -> History:
+    keys, ts, X, anomalous = [], [], [], []
+    duplicates = 0
+    for key in sorted(devices):
+        part = devices[key]
+        if part.rows == 0:
+            continue
+        t = np.concatenate(part.ts)
+        order = np.argsort(t, kind="stable")
+        t = t[order]
+        first = np.r_[True, t[1:] != t[:-1]]  # same reading stored twice: keep one
+        duplicates += int((~first).sum())
+        keep = order[first]
+        keys.append(np.full(keep.size, key))
+        ts.append(t[first])
+        X.append(np.concatenate(part.values)[keep])
+        anomalous.append(np.concatenate(part.anomalous)[keep])
+    if not keys:
+        return History(
+            keys=np.empty(0, dtype=str),
+            ts_ns=np.empty(0, dtype=np.int64),
+            X=np.empty((0, len(fields))),
+            anomalous=np.empty(0, dtype=bool),
+            fields=fields,
+            incomplete=incomplete,
+        )
+    return History(
+        keys=np.concatenate(keys),
+        ts_ns=np.concatenate(ts),
+        X=np.concatenate(X),
+        anomalous=np.concatenate(anomalous),
+        fields=fields,
+        incomplete=incomplete,
+        duplicates=duplicates,
+    )
+
+
+def _fault_key(series: dict[str, Any]) -> tuple[str, str]:
+    return _device_key(series), str((series.get("tags") or {}).get("kind", ""))
+
+
+def read_fault_intervals(
+    client: InfluxV1, flt: HistoryFilter, margin_s: float, window_s: float = 6 * 3600.0
+) -> dict[str, np.ndarray]:
+    """Sensor-fault periods per device key: int64 array (m, 2) of [start, end] ns.
+
+    The gateway writes ``active=1`` when a fault starts and ``active=0`` when it
+    clears, per (device, kind).  A period runs from an active point to the next
+    inactive one of the same kind (a lone active point is a period of length 0); a
+    fault already active before the range (its last point before it says so) starts
+    at the range start, and one still active at the end runs to the range end.
+    """
+    margin = int(margin_s * NS)
+    lo, end = flt.since_ns - margin, flt.until_ns + margin
+    tags = 'GROUP BY "line", "device", "kind"'
+    state: dict[tuple[str, str], int | None] = {}  # start of the open period, if any
+    q = (
+        f'SELECT last("active") FROM {client.measurement(SENSOR_FAULT)} '
+        f"WHERE {flt.where(0, lo)} {tags}"
+    )
+    for series in client.query(q):
+        values = series.get("values") or []
+        if values and _truthy(values[-1][1]):
+            state[_fault_key(series)] = lo
+    periods: dict[str, list[tuple[int, int]]] = {}
+    step = max(int(window_s * NS), 1)
+    while lo < end:
+        hi = min(lo + step, end)
+        q = (
+            f'SELECT "active" FROM {client.measurement(SENSOR_FAULT)} '
+            f"WHERE {flt.where(lo, hi)} {tags}"
+        )
+        for series in client.query(q):
+            key = _fault_key(series)
+            col = series["columns"].index("active")
+            for row in series.get("values") or []:
+                t, active = int(row[0]), _truthy(row[col])
+                opened = state.get(key)
+                if active:
+                    if opened is None:
+                        state[key] = t
+                    else:  # repeated active point: the period goes on; record up to here
+                        periods.setdefault(key[0], []).append((opened, t))
+                elif opened is not None:
+                    periods.setdefault(key[0], []).append((opened, t))
+                    state[key] = None
+        lo = hi
+    for key, opened in state.items():
+        if opened is not None:
+            periods.setdefault(key[0], []).append((opened, end))
+    return {
+        device: np.array(sorted(spans), dtype=np.int64).reshape(-1, 2)
+        for device, spans in periods.items()
+    }
+
+
+def near_faults(
+    keys: np.ndarray, ts_ns: np.ndarray, periods: dict[str, np.ndarray], margin_s: float
+) -> np.ndarray:
+    """True for readings within ``margin_s`` of a sensor-fault period of their device."""
+    out = np.zeros(len(ts_ns), dtype=bool)
+    margin = int(margin_s * NS)
+    for key, spans in periods.items():
+        rows = np.flatnonzero(keys == key)
+        if rows.size == 0 or spans.size == 0:
+            continue
+        t = ts_ns[rows]
+        hit = np.zeros(rows.size, dtype=bool)
+        for start, stop in spans:  # few periods per device: a loop is fine
+            hit |= (t >= start - margin) & (t <= stop + margin)
+        out[rows] = hit
+    return out
+
+
+def iso_ns(ts_ns: int) -> str:
+    """Epoch ns -> ``2026-11-22T07:00:00Z`` (seconds resolution, for messages)."""
+    return str(np.datetime64(int(ts_ns), "ns"))[:19] + "Z"
