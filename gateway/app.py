@@ -45,6 +45,12 @@ class Gateway:
             cfg.model.path, scorer_factory, self.metrics, cfg.model.watch_interval_s
         )
         scorer = self.model.current
+        # Shadow mode: a second model scored on the same readings, never acted on.
+        self.shadow = (
+            ModelHolder(cfg.model.shadow_path, scorer_factory, self.metrics, 0, track=False)
+            if cfg.model.shadow_path
+            else None
+        )
         log.info(
             "model %s loaded (features %s, threshold %.3f)",
             scorer.version,
@@ -89,6 +95,7 @@ class Gateway:
             self.intake.publish,
             self.metrics,
             on_fatal=self._fatal,
+            shadow=(lambda: self.shadow.current) if self.shadow else None,
         )
         self.failed = threading.Event()
         # Set by a signal handler or a fatal error; the main thread then calls stop().

@@ -156,6 +156,19 @@ class SpoolConfig:
 
 
 @dataclass(frozen=True)
+class DriftConfig:
+    enabled: bool = True
+    # Readings in the sliding window compared with the training distribution.
+    window: int = 32_400
+    check_interval_s: float = 60.0
+    # Alert-rate drift: anomalous share over the last alert_rate_window readings above
+    # max(alert_rate_factor x the model's validation false-alarm rate, alert_rate_min).
+    alert_rate_window: int = 5_000
+    alert_rate_factor: float = 5.0
+    alert_rate_min: float = 0.05
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """Several gateways sharing the stream (see README "Scale out")."""
 
@@ -190,6 +203,9 @@ class ModelConfig:
     path: str = "var/models/current"
     # How often to check whether `path` points at a new version (0: only on SIGHUP).
     watch_interval_s: float = 2.0
+    # Shadow mode: also score with this model and count disagreements; only the
+    # active model acts (empty: off).  It must use plain reading fields.
+    shadow_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -205,6 +221,7 @@ class GatewayConfig:
     influx: InfluxConfig = field(default_factory=InfluxConfig)
     spool: SpoolConfig = field(default_factory=SpoolConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:

@@ -90,6 +90,27 @@ class GatewayMetrics:
         self.partitions_owned = Gauge(
             "gateway_cluster_partitions_owned", "Partitions this gateway scores", registry=r
         )
+        self.unscored = Counter(
+            "gateway_readings_unscored",
+            "Readings stored without a score",
+            ["reason"],
+            registry=r,
+        )
+        self.drift_psi = Gauge(
+            "gateway_drift_psi",
+            "Input drift (PSI) per feature vs training",
+            ["feature"],
+            registry=r,
+        )
+        self.anomaly_rate = Gauge(
+            "gateway_anomaly_rate", "Share of recent readings scored anomalous", registry=r
+        )
+        self.shadow_scored = Counter(
+            "gateway_shadow_scored", "Readings also scored by the shadow model", registry=r
+        )
+        self.shadow_disagreements = Counter(
+            "gateway_shadow_disagreements", "Shadow and active model disagree", registry=r
+        )
         self.intake_depth = Gauge(
             "gateway_intake_queue_depth", "Messages awaiting scoring", registry=r
         )

@@ -26,6 +26,7 @@ class ModelHolder:
         factory: Callable[[str], Scorer],
         metrics: GatewayMetrics,
         watch_interval_s: float = 2.0,
+        track: bool = True,
     ):
         self._path = path
         self._factory = factory
@@ -37,7 +38,9 @@ class ModelHolder:
         self._forced = False
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
-        metrics.set_model(self._current.version)
+        self._track = track  # the active model is reported in metrics, a shadow is not
+        if track:
+            metrics.set_model(self._current.version)
 
     @property
     def current(self) -> Scorer:
@@ -84,7 +87,8 @@ class ModelHolder:
         old = self._current
         self._current = scorer  # atomic reference swap
         self._target = target
-        self._metrics.set_model(scorer.version)
-        self._metrics.model_reloads.inc()
+        if self._track:
+            self._metrics.set_model(scorer.version)
+            self._metrics.model_reloads.inc()
         log.info("model reloaded: %s -> %s", old.version, scorer.version)
         return True

@@ -7,6 +7,7 @@ One sklearn call per batch, never per message: a forest costs about the same for
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -20,6 +21,8 @@ from contract.payloads import deadletter_payload, rfc3339
 from contract.topics import UNKNOWN, TopicError, parse_reading_topic
 from gateway.alerts import AlertTracker
 from gateway.config import GatewayConfig
+from gateway.drift_watch import DriftWatch
+from gateway.features import FeatureBuilder
 from gateway.intake import Message
 from gateway.lineprotocol import ReadingEncoder
 from gateway.metrics import GatewayMetrics
@@ -43,6 +46,7 @@ class Processor(threading.Thread):
         publish: Callable[[str, bytes, bool], None],
         metrics: GatewayMetrics,
         on_fatal: Callable[[BaseException], None],
+        shadow: Callable[[], Scorer | None] | None = None,
     ):
         super().__init__(name="scorer", daemon=True)
         self._on_fatal = on_fatal
@@ -58,6 +62,9 @@ class Processor(threading.Thread):
         self._next_deadman = 0.0
         self._cluster = cfg.cluster.enabled
         self._encoder = ReadingEncoder()
+        self._features = FeatureBuilder(metrics)
+        self._drift = DriftWatch(cfg.drift, cfg.id, metrics, publish)
+        self._shadow = shadow
         self.heartbeat = time.monotonic()
         self._stopping = threading.Event()
         self._ratelog = RateLimitedLog(log, 10.0)
@@ -71,8 +78,9 @@ class Processor(threading.Thread):
     def _limits(self, scorer: Scorer):
         # Required fields follow the active model, so a retrained model with an extra
         # feature changes validation without a config change.
-        if self._limits_for is None or self._limits_for[0] != scorer.features:
-            self._limits_for = (scorer.features, self._cfg.decode_limits(scorer.features))
+        needed = scorer.raw_fields  # plain features and the fields stream features use
+        if self._limits_for is None or self._limits_for[0] != needed:
+            self._limits_for = (needed, self._cfg.decode_limits(needed))
         return self._limits_for[1]
 
     def _collect(self) -> list[Message]:
@@ -111,6 +119,7 @@ class Processor(threading.Thread):
             elif self._stopping.is_set():
                 return
             self._check_deadman()
+            self._drift.check(time.monotonic(), self._scorer().version)
             self._metrics.set_depths(self._inbox.qsize(), self._writer.depth, self._writer.unacked)
 
     def _process(self, batch: list[Message]) -> None:
@@ -136,24 +145,35 @@ class Processor(threading.Thread):
 
     def _score(self, readings: list[Reading], scorer: Scorer, now: float) -> list[str]:
         started = time.perf_counter()
-        features = scorer.features
-        x = np.array([[r.values[f] for f in features] for r in readings], dtype=np.float64)
-        scores = scorer.score(x)
-        flags = scores >= scorer.threshold
+        x, index = self._features.build(readings, scorer)
+        scores = np.full(len(readings), np.nan)
+        flags = np.zeros(len(readings), dtype=bool)
+        if index:
+            scores[index] = scorer.score(x)
+            flags[index] = scores[index] >= scorer.threshold
+            self._shadow_score(x, flags[index])
+            self._drift.observe(scorer, x, flags[index])
         self._metrics.observe_batch(len(readings), time.perf_counter() - started)
         n_anomalies = int(flags.sum())
+        explain = None
         if n_anomalies:
             self._metrics.anomalies.inc(n_anomalies)
-        explain = scorer.explain(x[flags]) if n_anomalies else None
+            rows = np.zeros(len(readings), dtype=np.intp)
+            rows[index] = np.arange(len(index))
+            explain = scorer.explain(x[rows[flags]])
         explained = 0
         version = scorer.version
         lines = []
         for i, reading in enumerate(readings):
             score = float(scores[i])
+            scored = not math.isnan(score)  # NaN: warming up or out of order
             is_anomaly = bool(flags[i])
             fields: dict[str, float | int | bool] = dict(reading.values)
-            fields["score"] = score
-            fields["is_anomaly"] = is_anomaly
+            if scored:
+                fields["score"] = score
+                fields["is_anomaly"] = is_anomaly
+            else:
+                fields["warming_up"] = True
             if reading.seq is not None:
                 fields["seq"] = reading.seq
             if self._cluster:
@@ -161,36 +181,46 @@ class Processor(threading.Thread):
             lines.append(
                 self._encoder.encode(reading.line, reading.device, version, fields, reading.ts_ns)
             )
-            drivers = None
-            if is_anomaly:
-                drivers = scorer.top_contributors(explain[explained])  # type: ignore[index]
-                explained += 1
-            state = self._alerts.update(
-                reading.line,
-                reading.device,
-                PROCESS_ANOMALY,
-                score,
-                scorer.threshold,
-                reading.ts_ns,
-            )
-            if state is not None:
-                self._notifier.process_alert(
-                    reading.line,
-                    reading.device,
-                    state,
-                    reading.ts_ns,
-                    score,
-                    scorer.threshold,
-                    reading.values,
-                    version,
-                    seq=reading.seq,
-                    drivers=[{"feature": name, "z": round(z, 2)} for name, z in drivers or []],
-                )
-                log.info("alert %s %s/%s score=%.3f", state, reading.line, reading.device, score)
+            if scored:
+                drivers = None
+                if is_anomaly:
+                    drivers = scorer.top_contributors(explain[explained])  # type: ignore[index]
+                    explained += 1
+                self._process_alert(reading, score, scorer, drivers)
             if self._cfg.sensor_faults.enabled:
                 for tr in self._faults.on_reading(reading, now):
                     lines.append(self._notifier.sensor_fault(tr, version))
         return lines
+
+    def _process_alert(self, reading: Reading, score: float, scorer: Scorer, drivers) -> None:
+        state = self._alerts.update(
+            reading.line, reading.device, PROCESS_ANOMALY, score, scorer.threshold, reading.ts_ns
+        )
+        if state is None:
+            return
+        self._notifier.process_alert(
+            reading.line,
+            reading.device,
+            state,
+            reading.ts_ns,
+            score,
+            scorer.threshold,
+            reading.values,
+            scorer.version,
+            seq=reading.seq,
+            drivers=[{"feature": name, "z": round(z, 2)} for name, z in drivers or []],
+        )
+        log.info("alert %s %s/%s score=%.3f", state, reading.line, reading.device, score)
+
+    def _shadow_score(self, x: np.ndarray, flags: np.ndarray) -> None:
+        """Score with the shadow model too; only count where it would decide otherwise."""
+        shadow = self._shadow() if self._shadow is not None else None
+        if shadow is None or shadow.features != self._scorer().features:
+            return
+        disagree = int(((shadow.score(x) >= shadow.threshold) != flags).sum())
+        self._metrics.shadow_scored.inc(len(flags))
+        if disagree:
+            self._metrics.shadow_disagreements.inc(disagree)
 
     def _check_deadman(self) -> None:
         now = time.monotonic()

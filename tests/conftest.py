@@ -153,6 +153,17 @@ path = "{tmp}/{self.id}.spool.sqlite"
     def stop(self) -> int | None:
         return self.process.stop() if self.process else None
 
+    def metric_labelled(self, name: str, labels: str) -> float:
+        """Value of ``name{labels}`` from /metrics, or -1 when not exported yet."""
+        import urllib3
+
+        text = urllib3.request("GET", f"http://127.0.0.1:{self.metrics_port}/metrics").data
+        prefix = f"{name}{{{labels}}} "
+        for line in text.decode().splitlines():
+            if line.startswith(prefix):
+                return float(line.split()[-1])
+        return -1.0
+
     def restart(self, timeout_s: float = 30) -> GatewayProcess:
         """Start again with the same id, hence the same persistent MQTT session."""
         self.stop()
@@ -175,7 +186,8 @@ def start_gateway(tmp_path, mosquitto, influxdb, models_dir):
 
     def _start(**kwargs) -> GatewayProcess:
         kwargs.setdefault("influx_url", influxdb.url)
-        gw = GatewayProcess(tmp_path, mosquitto, models=models_dir, **kwargs).start()
+        kwargs.setdefault("models", models_dir)
+        gw = GatewayProcess(tmp_path, mosquitto, **kwargs).start()
         started.append(gw)
         return gw
 

@@ -1,0 +1,134 @@
+"""Is the model still right for this plant?  Input drift and unusual alert rates.
+
+- Input drift: per-feature PSI of a sliding window of scored readings against the
+  training distribution stored in the model (``drift_reference``).
+- Alert rate: the share of readings scored anomalous over a sliding window, against
+  what the model alarmed on validation data.
+
+Either one above its limit publishes a ``model_drift`` alert (with a hint to retrain)
+on ``factory/alerts/_gateway/<gateway-id>``, once, and a ``resolved`` when it clears;
+the PSI per feature is also exported as a metric.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import numpy as np
+
+from contract import alert_topic
+from contract.payloads import alert_payload
+from gateway.config import DriftConfig
+from gateway.metrics import GatewayMetrics
+from model.drift import PSI_ALERT, DriftMonitor
+from model.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+MODEL_DRIFT = "model_drift"
+GATEWAY_LINE = "_gateway"
+HINT = (
+    "inputs no longer look like the training data: check sensors for recalibration, then "
+    "retrain from recent history (python -m model retrain --influx-url ... --database ...)"
+)
+
+
+class DriftWatch:
+    def __init__(
+        self,
+        cfg: DriftConfig,
+        gateway_id: str,
+        metrics: GatewayMetrics,
+        publish: Callable[[str, bytes, bool], None],
+    ):
+        self._cfg = cfg
+        self._id = gateway_id
+        self._metrics = metrics
+        self._publish = publish
+        self._monitor: DriftMonitor | None = None
+        self._version: str | None = None
+        self._expected_rate = 0.0
+        self._flags: deque[bool] = deque(maxlen=cfg.alert_rate_window)
+        self._anomalous = 0
+        self._firing = False
+        self._next_check = 0.0
+
+    def _reset(self, scorer: Scorer) -> None:
+        self._version = scorer.version
+        reference = scorer.metadata.get("drift_reference")
+        self._monitor = None
+        if reference:
+            try:
+                self._monitor = DriftMonitor(
+                    reference, window=self._cfg.window, features=scorer.features
+                )
+            except ValueError as exc:
+                log.warning("no drift monitoring for model %s: %s", scorer.version, exc)
+        validation = (scorer.metadata.get("metrics") or {}).get("validation") or {}
+        rate = validation.get("false_alarm_rate") or validation.get("alarm_rate") or 0.0
+        self._expected_rate = float(rate)
+        self._flags.clear()
+        self._anomalous = 0
+
+    def observe(self, scorer: Scorer, x: np.ndarray, flags: np.ndarray) -> None:
+        if not self._cfg.enabled:
+            return
+        if scorer.version != self._version:
+            self._reset(scorer)
+        if self._monitor is not None and len(x):
+            self._monitor.update(x)
+        for flag in flags.tolist():
+            if len(self._flags) == self._flags.maxlen:
+                self._anomalous -= self._flags[0]
+            self._flags.append(flag)
+            self._anomalous += flag
+
+    def check(self, now: float, model_version: str) -> None:
+        if not self._cfg.enabled or now < self._next_check:
+            return
+        self._next_check = now + self._cfg.check_interval_s
+        psi: dict[str, float] = {}
+        drifting: list[str] = []
+        if self._monitor is not None:
+            report = self._monitor.report()
+            psi = {k: round(v, 4) for k, v in report.psi.items()}
+            for feature, value in psi.items():
+                self._metrics.drift_psi.labels(feature).set(value)
+            if report.count >= self._monitor.min_count:
+                drifting = [f for f, lvl in report.levels.items() if lvl == "alert"]
+        rate = self._anomalous / len(self._flags) if self._flags else 0.0
+        self._metrics.anomaly_rate.set(rate)
+        limit = max(self._cfg.alert_rate_factor * self._expected_rate, self._cfg.alert_rate_min)
+        rate_high = len(self._flags) == self._flags.maxlen and rate > limit
+        firing = bool(drifting) or rate_high
+        if firing == self._firing:
+            return
+        self._firing = firing
+        state = "firing" if firing else "resolved"
+        payload = alert_payload(
+            device=self._id,
+            line=GATEWAY_LINE,
+            ts_ns=time.time_ns(),
+            kind=MODEL_DRIFT,
+            state=state,
+            score=max(psi.values(), default=0.0),
+            threshold=PSI_ALERT,
+            values=psi,
+            model_version=model_version,
+            drifting_features=drifting,
+            alert_rate=round(rate, 4),
+            alert_rate_limit=round(limit, 4),
+            hint=HINT if firing else "",
+        )
+        self._publish(alert_topic(GATEWAY_LINE, self._id), payload, False)
+        self._metrics.count_alert(MODEL_DRIFT, state)
+        log.warning(
+            "model drift %s: features %s, alert rate %.3f (limit %.3f)",
+            state,
+            drifting or "-",
+            rate,
+            limit,
+        )
