@@ -16,7 +16,7 @@ import pytest
 from devstack.influxdb import InfluxDB
 from devstack.mosquitto import Mosquitto
 from devstack.process import ManagedProcess, free_port
-from tests.helpers import ROOT, Collector, python_module, unique
+from tests.helpers import ROOT, Collector, python_module, train_model, unique
 
 TEST_DB = "factory_test"
 
@@ -72,21 +72,7 @@ def sim_csv(tmp_path_factory) -> Path:
 def models_dir(tmp_path_factory, sim_csv) -> Path:
     """A model trained with the real CLI on the simulator's labelled data."""
     models = tmp_path_factory.mktemp("models")
-    result = python_module(
-        "model",
-        "train",
-        "--csv",
-        str(sim_csv),
-        "--models-dir",
-        str(models),
-        "--label-column",
-        "is_anomaly",
-        "--fault-column",
-        "fault",
-        "--timestamp-column",
-        "ts",
-    )
-    assert result.returncode == 0, result.stderr
+    train_model(sim_csv, models)
     return models
 
 

@@ -125,3 +125,47 @@ def summary(output: str) -> dict[str, str]:
         if line.startswith("published="):
             return dict(part.split("=", 1) for part in line.split())
     raise AssertionError(f"no summary line in output:\n{output}")
+
+
+def train_model(csv_path, models_dir, *extra: str) -> str:
+    """Train with the real CLI on a labelled simulator CSV; returns the new version."""
+    result = python_module(
+        "model", "train", "--csv", str(csv_path), "--models-dir", str(models_dir),
+        "--label-column", "is_anomaly", "--fault-column", "fault", "--timestamp-column", "ts",
+        *extra,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    line = next(ln for ln in result.stdout.splitlines() if ln.startswith("saved "))
+    return Path(line.split()[1]).name
+
+
+class Stream:
+    """The simulator publishing in real time (QoS 1) in the background."""
+
+    def __init__(
+        self,
+        port: int,
+        prefix: str,
+        *,
+        lines: int = 1,
+        devices: int = 4,
+        interval_s: float = 0.02,
+        duration_s: float = 6.0,
+    ):
+        self.prefix = prefix
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sensors.simulate", "--broker-port", str(port),
+             "--lines", str(lines), "--devices", str(devices), "--interval", str(interval_s),
+             "--speed", "1", "--duration", str(duration_s), "--faults", "none",
+             "--device-prefix", prefix],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+    def finish(self, timeout_s: float = 120) -> int:
+        """Wait for the end; returns the readings the broker acknowledged (all of them)."""
+        out, err = self.proc.communicate(timeout=timeout_s)
+        assert self.proc.returncode == 0, err[-3000:]
+        stats = summary(out)
+        assert stats["queued"] == stats["published"], stats
+        assert stats["unacknowledged"] == "0" and stats["refused"] == "0", stats
+        return int(stats["published"])

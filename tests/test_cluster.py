@@ -4,16 +4,13 @@ time, also when a gateway is killed mid-stream."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from devstack.influxdb import query
 from devstack.mosquitto import Mosquitto
 from devstack.process import free_port, wait_until
 from tests.conftest import TEST_DB, GatewayProcess
-from tests.helpers import ROOT, count_points, python_module, summary, unique, wait_for_points
+from tests.helpers import Stream, count_points, python_module, summary, unique, wait_for_points
 
 pytestmark = pytest.mark.integration
 
@@ -92,33 +89,7 @@ def test_three_gateways_share_the_stream(cluster, broker, influxdb):
 def test_a_killed_gateway_loses_nothing(cluster, broker, influxdb):
     gws, converged = cluster
     prefix = unique("ck")
-    stream = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sensors.simulate",
-            "--broker-port",
-            str(broker.port),
-            "--lines",
-            "2",
-            "--devices",
-            "20",
-            "--interval",
-            "0.02",
-            "--speed",
-            "1",
-            "--duration",
-            "8",
-            "--faults",
-            "none",
-            "--device-prefix",
-            prefix,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    stream = Stream(broker.port, prefix, lines=2, devices=20, duration_s=8.0)
     where = f"device=~/^{prefix}/"
     wait_until(
         lambda: count_points(influxdb.url, TEST_DB, where) > 2000, 30, "flow", interval_s=0.1
@@ -126,9 +97,7 @@ def test_a_killed_gateway_loses_nothing(cluster, broker, influxdb):
     victim, survivors = gws[0], gws[1:]
     victim.process.kill()
     wait_until(lambda: converged(survivors), 30, "survivors own every partition", interval_s=0.2)
-    out, err = stream.communicate(timeout=120)
-    assert stream.returncode == 0, err[-2000:]
-    published = int(summary(out)["published"])
+    published = stream.finish()
     assert wait_for_points(influxdb.url, TEST_DB, where, published, 120) == published
     assert count_points(influxdb.url, TEST_DB, where) == published
     by_device = scorers_by_device(influxdb.url, prefix)

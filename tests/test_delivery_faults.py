@@ -7,16 +7,13 @@ broker) and N stored (distinct points in InfluxDB).
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from devstack.influxdb import InfluxDB
 from devstack.mosquitto import Mosquitto
 from devstack.process import free_port, wait_until
 from tests.conftest import TEST_DB, GatewayProcess
-from tests.helpers import ROOT, count_points, summary, unique, wait_for_points
+from tests.helpers import Stream, count_points, unique, wait_for_points
 
 pytestmark = pytest.mark.integration
 
@@ -34,55 +31,6 @@ def influx(tmp_path):
     db.create_database(TEST_DB)
     yield db
     db.stop()
-
-
-class Stream:
-    """The simulator publishing in real time (QoS 1) in the background."""
-
-    def __init__(
-        self,
-        port: int,
-        prefix: str,
-        devices: int = 4,
-        interval_s: float = 0.02,
-        duration_s: float = 6.0,
-    ):
-        self.prefix = prefix
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sensors.simulate",
-                "--broker-port",
-                str(port),
-                "--lines",
-                "1",
-                "--devices",
-                str(devices),
-                "--interval",
-                str(interval_s),
-                "--speed",
-                "1",
-                "--duration",
-                str(duration_s),
-                "--faults",
-                "none",
-                "--device-prefix",
-                prefix,
-            ],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-
-    def finish(self, timeout_s: float = 120) -> int:
-        out, err = self.proc.communicate(timeout=timeout_s)
-        assert self.proc.returncode == 0, err[-3000:]
-        stats = summary(out)
-        assert stats["queued"] == stats["published"], stats
-        assert stats["unacknowledged"] == "0" and stats["refused"] == "0", stats
-        return int(stats["published"])
 
 
 def stored(influx: InfluxDB, prefix: str) -> int:

@@ -15,7 +15,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from devstack.influxdb import query
 from devstack.process import wait_until
 from tests.conftest import TEST_DB
-from tests.helpers import Collector, python_module, unique, wait_for_points
+from tests.helpers import Collector, train_model, unique, wait_for_points
 
 pytestmark = pytest.mark.integration
 
@@ -90,23 +90,9 @@ def test_recalibrated_sensor_raises_a_model_drift_alert(start_gateway, mosquitto
 @pytest.fixture
 def stream_models(tmp_path, sim_csv, models_dir):
     models = tmp_path / "stream-models"
-    result = python_module(
-        "model",
-        "train",
-        "--csv",
-        str(sim_csv),
-        "--models-dir",
-        str(models),
-        "--features",
-        "temperature_c,humidity_pct,sound_db,sound_db__std_10",
-        "--label-column",
-        "is_anomaly",
-        "--fault-column",
-        "fault",
-        "--timestamp-column",
-        "ts",
+    train_model(
+        sim_csv, models, "--features", "temperature_c,humidity_pct,sound_db,sound_db__std_10"
     )
-    assert result.returncode == 0, result.stderr
     return models
 
 
@@ -150,21 +136,7 @@ def test_shadow_model_is_scored_but_not_acted_on(
 ):
     shadow = tmp_path / "shadow"
     shutil.copytree(models_dir, shadow, symlinks=True)
-    result = python_module(
-        "model",
-        "train",
-        "--csv",
-        str(sim_csv),
-        "--models-dir",
-        str(shadow),
-        "--detector",
-        "pca_t2q",
-        "--label-column",
-        "is_anomaly",
-        "--fault-column",
-        "fault",
-    )
-    assert result.returncode == 0, result.stderr
+    train_model(sim_csv, shadow, "--detector", "pca_t2q")
     gw = start_gateway(env={"GATEWAY_MODEL_SHADOW_PATH": f"{shadow}/current"})
     device = unique("shd")
     publish_all(

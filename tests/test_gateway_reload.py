@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import shutil
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from devstack.influxdb import query
 from devstack.process import wait_until
 from tests.conftest import TEST_DB
-from tests.helpers import ROOT, count_points, python_module, summary, unique, wait_for_points
+from tests.helpers import Stream, count_points, python_module, train_model, unique, wait_for_points
 
 pytestmark = pytest.mark.integration
 
@@ -24,27 +22,7 @@ def two_models(tmp_path, models_dir, sim_csv):
     models = tmp_path / "models"
     shutil.copytree(models_dir, models, symlinks=True)
     first = (models / "current").resolve().name
-    result = python_module(
-        "model",
-        "train",
-        "--csv",
-        str(sim_csv),
-        "--models-dir",
-        str(models),
-        "--label-column",
-        "is_anomaly",
-        "--fault-column",
-        "fault",
-        "--seed",
-        "99",
-        "--no-activate",
-    )
-    assert result.returncode == 0, result.stderr
-    second = next(
-        p.name
-        for p in models.iterdir()
-        if p.is_dir() and p.name not in (first, "current") and not p.is_symlink()
-    )
+    second = train_model(sim_csv, models, "--seed", "99", "--no-activate")
     return models, first, second
 
 
@@ -63,41 +41,14 @@ def test_switching_the_pointer_reloads_under_load(tmp_path, mosquitto, influxdb,
     models, first, second = two_models
     gw = GatewayProcess(tmp_path, mosquitto, influxdb.url, models).start()
     prefix = unique("reload")
-    stream = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sensors.simulate",
-            "--broker-port",
-            str(mosquitto.port),
-            "--lines",
-            "1",
-            "--devices",
-            "4",
-            "--interval",
-            "0.02",
-            "--speed",
-            "1",
-            "--duration",
-            "6",
-            "--faults",
-            "none",
-            "--device-prefix",
-            prefix,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    stream = Stream(mosquitto.port, prefix)
     where = f"device=~/^{prefix}/"
     wait_until(lambda: count_points(influxdb.url, TEST_DB, where) > 200, 30, "flow", interval_s=0.1)
     assert python_module("model", "activate", second, "--models-dir", str(models)).returncode == 0
     wait_until(
         lambda: second in versions(influxdb.url, prefix), 20, "new model in use", interval_s=0.1
     )
-    out, _ = stream.communicate(timeout=60)
-    published = int(summary(out)["published"])
+    published = stream.finish()
     assert wait_for_points(influxdb.url, TEST_DB, where, published, 60) == published
     by_version = versions(influxdb.url, prefix)
     # Every reading scored exactly once, by one of the two complete models.
