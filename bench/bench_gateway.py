@@ -1,0 +1,1097 @@
+"""Gateway throughput and latency: the real gateway, end to end, vs the naive pattern.
+
+    python -m bench.bench_gateway             # ~6 min on 2 cores
+    python -m bench.bench_gateway --quick     # ~1 min: 10 s scenarios, 100 000 backlog
+    python -m bench.bench_gateway --profile   # also py-spy the gateway during (1)
+    python -m bench.bench_gateway --profile gil   # ... only samples holding the GIL
+
+Starts its own Mosquitto and InfluxDB 1.x (free ports, a temporary directory), trains
+the default model into ``var/bench/models`` unless one is there (or ``--model``), and
+runs ``python -m gateway`` with ``config/gateway.toml`` plus the bench's overrides
+(ports, paths, ``[alerts] fire_after = resolve_after = 1``; more with ``--set``).
+Load comes from ``bench.loadgen`` publisher processes, QoS 1, 200 devices on 10 lines.
+
+Scenarios:
+ 1. throughput: publish as fast as the broker acknowledges (or ``--rate``) for
+    ``--duration`` s; sustained = readings in InfluxDB / (first send → last stored);
+    loss = broker-acknowledged - stored; gateway CPU % and max RSS.
+ 2. latency: a steady 1 000 readings/s of which ``--probe-rate``/s are latency probes
+    (``bench.probe``): p50/p99/max publish → alert.
+ 3. backlog: gateway stopped, ``--backlog`` readings queued in its persistent
+    session, then started: drain rate and max RSS while draining.
+ 4. naive: ``bench.naive_gateway`` (one sklearn call + one HTTP write per message)
+    fed at ``--naive-rate`` for ``--naive-duration`` s; readings/s it stored, and the
+    ratio to (1).
+ 5. decode: ``bench.decode_bench`` (json vs orjson vs msgspec).
+
+Prints a table and writes everything to ``var/bench/gateway-<timestamp>.json``.
+CPU % is of one core (this machine has ``os.cpu_count()`` of them); ``other`` is CPU
+used by processes that are not part of the benchmark (shared machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import linecache
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import paho.mqtt.client as mqtt
+import urllib3
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from bench import decode_bench
+from bench.loadgen import LoadGenerator, LoadResult, LoadSpec
+from bench.naive_gateway import READY_MESSAGE
+from bench.probe import LatencyProbe, ProbeSpec
+from devstack.influxdb import InfluxDB, query
+from devstack.mosquitto import Mosquitto
+from devstack.process import ManagedProcess, free_port, wait_until
+
+log = logging.getLogger("bench.gateway")
+
+ROOT = Path(__file__).resolve().parent.parent
+DB = "bench"
+NAIVE_DB = "bench_naive"
+GATEWAY_ID = "bench-gw"
+ANOMALOUS = {"temperature_c": 140.0, "humidity_pct": 5.0, "sound_db": 150.0}
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=1.0, read=10.0))
+
+
+# --- settings ------------------------------------------------------------------------------
+
+
+SCENARIOS = ("throughput", "latency", "backlog", "naive", "decode")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    duration_s: float = 60.0
+    rate: float = 0.0
+    latency_duration_s: float = 60.0
+    latency_rate: float = 1000.0
+    probe_rate: float = 10.0
+    backlog: int = 1_000_000
+    naive_duration_s: float = 30.0
+    naive_rate: float = 1000.0
+    devices: int = 200
+    lines: int = 10
+    processes: int = 2
+    inflight: int = 2000
+    decode_messages: int = 20_000
+    scenarios: tuple[str, ...] = SCENARIOS
+    # "" = no profile; "busy": py-spy samples of running threads; "gil": only the
+    # thread holding the GIL (where the Python time goes).
+    profile: str = ""
+    # Wait this long without progress for readings to reach InfluxDB before calling
+    # the rest lost.
+    stall_timeout_s: float = 60.0
+
+
+QUICK = {
+    "duration_s": 10.0,
+    "latency_duration_s": 10.0,
+    "backlog": 100_000,
+    "naive_duration_s": 8.0,
+    "decode_messages": 5_000,
+}
+
+
+# --- /proc sampling ---------------------------------------------------------------------------
+
+
+def _proc_sample(pid: int) -> tuple[int, int] | None:
+    """(utime + stime in clock ticks, VmRSS in kB) of a live process."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            stat = fh.read()
+        with open(f"/proc/{pid}/status") as fh:
+            status = fh.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    ticks = int(fields[11]) + int(fields[12])
+    rss = 0
+    for line in status.splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+            break
+    return ticks, rss
+
+
+def _machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot."""
+    with open("/proc/stat") as fh:
+        parts = [int(v) for v in fh.readline().split()[1:]]
+    idle = parts[3] + parts[4]  # idle + iowait
+    total = sum(parts[:8])  # guest time is already in user/nice
+    return total - idle, total
+
+
+@dataclass
+class _Sample:
+    t: float
+    groups: dict[str, dict[int, tuple[int, int]]]
+    machine: tuple[int, int]
+
+
+class ResourceSampler(threading.Thread):
+    """Samples CPU time and RSS of named process groups (and the machine) every second."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]], interval_s: float = 1.0):
+        super().__init__(name="resource-sampler", daemon=True)
+        self._groups = groups
+        self._interval = interval_s
+        self._halt = threading.Event()
+        self._lock = threading.Lock()
+        self.samples: list[_Sample] = []
+
+    def sample(self) -> None:
+        groups = {}
+        for name, pids in self._groups.items():
+            found = {}
+            for pid in pids():
+                got = _proc_sample(pid)
+                if got is not None:
+                    found[pid] = got
+            groups[name] = found
+        with self._lock:
+            self.samples.append(_Sample(time.time(), groups, _machine_ticks()))
+
+    def run(self) -> None:
+        while not self._halt.wait(self._interval):
+            self.sample()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(5)
+
+    def summary(self, start: float, end: float) -> dict:
+        """Mean CPU % (of one core) and max RSS (MB) per group within [start, end]."""
+        self.sample()  # a closing sample, so short windows have two
+        with self._lock:
+            window = [s for s in self.samples if start - 1.0 <= s.t <= end + 1.0]
+        if len(window) < 2:
+            return {}
+        elapsed = window[-1].t - window[0].t
+        out: dict[str, dict] = {}
+        for name in self._groups:
+            ticks = 0
+            for a, b in itertools.pairwise(window):
+                for pid, (t1, _) in b.groups[name].items():
+                    if pid in a.groups[name]:
+                        ticks += t1 - a.groups[name][pid][0]
+            rss = [sum(r for _, r in s.groups[name].values()) for s in window]
+            out[name] = {
+                "cpu_pct": round(ticks / _CLK_TCK / elapsed * 100, 1),
+                "max_rss_mb": round(max(rss) / 1024, 1),
+            }
+        busy = window[-1].machine[0] - window[0].machine[0]
+        total = window[-1].machine[1] - window[0].machine[1]
+        machine = busy / total * 100 * (os.cpu_count() or 1) if total else 0.0
+        ours = sum(g["cpu_pct"] for g in out.values())
+        out["machine"] = {"cpu_pct": round(machine, 1)}
+        out["other"] = {"cpu_pct": round(max(machine - ours, 0.0), 1)}
+        return out
+
+
+# --- MQTT side: status, alerts and dead letters -----------------------------------------------
+
+
+class BusWatch:
+    """Counts alerts and dead letters and follows the gateway's retained status."""
+
+    def __init__(self, port: int, gateway_id: str):
+        self.status: bytes | None = None
+        self.alerts: Counter[str] = Counter()
+        self.deadletters = 0
+        self._status_topic = f"factory/gateway/{gateway_id}/status"
+        self._subscribed = threading.Event()
+        self.client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id="bench-watch",
+            protocol=mqtt.MQTTv5,
+        )
+        self.client.on_connect = lambda c, *_: c.subscribe(
+            [(self._status_topic, 1), ("factory/alerts/#", 1), ("factory/deadletter/#", 1)]
+        )
+        self.client.on_subscribe = lambda *_: self._subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        wait_until(self._subscribed.is_set, 10, "the bench's MQTT subscription")
+
+    def _on_message(self, client, userdata, msg) -> None:
+        if msg.topic == self._status_topic:
+            self.status = msg.payload
+        elif msg.topic.startswith("factory/alerts/"):
+            body = orjson.loads(msg.payload)
+            kind = "/".join(str(body[k]) for k in ("kind", "fault") if k in body)
+            self.alerts[f"{kind}/{body.get('state')}"] += 1
+        else:
+            self.deadletters += 1
+
+    def counts(self) -> Counter[str]:
+        return Counter({**self.alerts, "deadletters": self.deadletters})
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def drop_session(port: int, client_id: str) -> None:
+    """End a persistent MQTT session so the broker stops queueing for it."""
+    done = threading.Event()
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        protocol=mqtt.MQTTv5,
+    )
+    client.on_connect = lambda *_: done.set()
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0
+    client.connect("127.0.0.1", port, clean_start=True, properties=props)
+    client.loop_start()
+    wait_until(done.is_set, 10, f"a clean session for {client_id}")
+    client.disconnect()
+    client.loop_stop()
+
+
+# --- gateway config and process -------------------------------------------------------------
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def dump_toml(data: dict, prefix: str = "") -> str:
+    """Enough TOML for the gateway config: scalars, lists, tables, arrays of tables."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict | list)]
+    lines += [
+        f"{k} = {_toml_value(v)}"
+        for k, v in data.items()
+        if isinstance(v, list) and not any(isinstance(i, dict) for i in v)
+    ]
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            lines.append(f"\n[{name}]")
+            lines.append(dump_toml(value, f"{name}."))
+        elif isinstance(value, list) and any(isinstance(i, dict) for i in value):
+            for item in value:
+                lines.append(f"\n[[{name}]]")
+                lines.append(dump_toml(item, f"{name}."))
+    return "\n".join(line for line in lines if line)
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """``section.key=value``; the value is read as TOML (number, bool, "string")."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected SECTION.KEY=VALUE, got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def gateway_config(
+    base: Path,
+    workdir: Path,
+    model: Path,
+    metrics_port: int,
+    overrides: list[tuple[list[str], object]],
+) -> dict:
+    with open(base, "rb") as fh:
+        cfg = tomllib.load(fh)
+    forced: list[tuple[list[str], object]] = [
+        (["id"], GATEWAY_ID),
+        (["mqtt", "host"], "127.0.0.1"),
+        (["mqtt", "port"], 0),  # set once the broker runs
+        (["model", "path"], str(model)),
+        (["influx", "api"], 1),
+        (["influx", "url"], ""),  # set once InfluxDB runs
+        (["influx", "database"], DB),
+        # Each probe reading fires or resolves exactly one alert.
+        (["alerts", "fire_after"], 1),
+        (["alerts", "resolve_after"], 1),
+        (["metrics", "host"], "127.0.0.1"),
+        (["metrics", "port"], metrics_port),
+        (["spool", "path"], str(workdir / "gateway-spool.sqlite")),
+    ]
+    for path, value in forced + overrides:
+        table = cfg
+        for part in path[:-1]:
+            table = table.setdefault(part, {})
+        table[path[-1]] = value
+    return cfg
+
+
+class GatewayRunner:
+    """``python -m gateway --config <generated toml>``, restartable (same session)."""
+
+    def __init__(self, config_path: Path, log_path: Path, watch: BusWatch, metrics_port: int):
+        self._config = config_path
+        self._log = log_path
+        self._watch = watch
+        self.metrics_port = metrics_port
+        self.process: ManagedProcess | None = None
+        # The gateway must not pick up GATEWAY_* overrides from the caller's shell.
+        self._env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+
+    def pids(self) -> list[int]:
+        proc = self.process.proc if self.process else None
+        return [proc.pid] if proc is not None and proc.poll() is None else []
+
+    def start(self) -> float:
+        """Start and wait for the retained ``online`` status; returns the start time."""
+        self._watch.status = None
+        self.process = ManagedProcess(
+            "gateway",
+            [sys.executable, "-m", "gateway", "--config", str(self._config)],
+            self._log,
+            ready=lambda: self._watch.status == b"online",
+            env=self._env,
+            cwd=ROOT,
+        )
+        started = time.time()
+        self.process.start(120)
+        return started
+
+    def stop(self) -> None:
+        if self.process is not None:
+            code = self.process.stop(timeout_s=120)
+            if code not in (0, None):
+                log.warning("gateway exited with %s; see %s", code, self._log)
+
+    def stored(self) -> int:
+        """``gateway_readings_stored_total`` of the running process."""
+        text = _http.request("GET", f"http://127.0.0.1:{self.metrics_port}/metrics").data
+        for line in text.decode().splitlines():
+            if line.startswith("gateway_readings_stored_total "):
+                return int(float(line.split()[1]))
+        raise RuntimeError("gateway metrics have no gateway_readings_stored_total")
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+
+def count_points(url: str, db: str, line_prefix: str) -> int:
+    series = query(url, f"SELECT count(score) FROM reading WHERE line =~ /^{line_prefix}-/", db)
+    return int(series[0]["values"][0][1]) if series else 0
+
+
+def wait_stored(
+    progress: Callable[[], int], expected: int, stall_s: float, poll_s: float = 0.1
+) -> tuple[int, float]:
+    """Poll until ``progress()`` reaches ``expected`` or stops growing for ``stall_s``;
+    returns (last value, time it was first seen)."""
+    best, best_at = -1, time.time()
+    while True:
+        value = progress()
+        now = time.time()
+        if value > best:
+            best, best_at = value, now
+        if value >= expected or now - best_at > stall_s:
+            return value, best_at
+        time.sleep(poll_s)  # polling interval: the condition is re-checked
+
+
+def stored_in_influx(url: str, db: str, prefix: str, expected: int, timeout_s: float = 30) -> int:
+    """InfluxDB's count, polled until it reaches ``expected`` (writes are visible at
+    once, but the gateway may still be finishing the last one) or ``timeout_s``."""
+    count, _ = wait_stored(lambda: count_points(url, db, prefix), expected, timeout_s, 0.5)
+    return count
+
+
+class Profiler:
+    """py-spy attached to the gateway; summarised as top functions and thread shares."""
+
+    def __init__(self, pid: int, duration_s: float, out: Path, gil: bool = False):
+        binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        if not Path(binary).exists():
+            raise SystemExit("--profile needs py-spy: pip install -r requirements-dev.txt")
+        self.out = out
+        seconds = max(1, round(duration_s))
+        argv = f"record -p {pid} -d {seconds} -r 100 --threads --full-filenames --format raw"
+        if gil:
+            argv += " --gil"
+        self._proc = subprocess.Popen(
+            [binary, *argv.split(), "-o", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def pid(self) -> list[int]:
+        return [self._proc.pid] if self._proc.poll() is None else []
+
+    def finish(self) -> dict:
+        _, err = self._proc.communicate(timeout=60)
+        if not self.out.exists():
+            return {"error": err.decode(errors="replace")[-500:]}
+        return summarise_profile(self.out.read_text())
+
+
+# Source lines where a thread waits rather than computes (py-spy's own idle detection
+# misses some of them on a busy machine): locks, conditions, select/poll, sleeps and
+# blocking socket reads (the writer waiting for InfluxDB's answer).
+_WAITING = ("acquire(", ".wait(", "select(", ".poll(", "sleep(", "recv_into(", "accept(")
+
+
+def summarise_profile(raw: str, top: int = 15) -> dict:
+    """From py-spy's collapsed stacks (``--threads --full-filenames``): the share of
+    busy samples per thread, per leaf function (self) and per function anywhere on the
+    stack (inclusive).  Samples whose leaf line waits are counted apart."""
+    threads: Counter[str] = Counter()
+    waiting: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    packages: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    busy = 0
+    for line in raw.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        thread = frames[0].split(": ", 1)[-1]
+        if len(frames) < 2 or _is_waiting(frames[-1]):
+            waiting[thread] += count
+            continue
+        funcs = [_function(f) for f in frames[1:]]
+        busy += count
+        threads[thread] += count
+        own[funcs[-1]] += count
+        packages[_package(frames[-1])] += count
+        for func in set(funcs):
+            inclusive[func] += count
+
+    def shares(counter: Counter[str]) -> list[list]:
+        return [[name, round(100 * n / busy, 1)] for name, n in counter.most_common(top)]
+
+    return {
+        "busy_samples": busy,
+        "waiting_samples": sum(waiting.values()),
+        "threads_pct": shares(threads) if busy else [],
+        "self_pct": shares(own) if busy else [],
+        "package_self_pct": shares(packages) if busy else [],
+        "inclusive_pct": shares(inclusive) if busy else [],
+    }
+
+
+def _frame_location(frame: str) -> tuple[str, str, int]:
+    """``func (path:line)`` -> (func, path, line)."""
+    name, _, where = frame.partition(" (")
+    path, _, line = where.rstrip(")").rpartition(":")
+    return name, path, int(line) if line.isdigit() else 0
+
+
+def _is_waiting(frame: str) -> bool:
+    _, path, line = _frame_location(frame)
+    source = linecache.getline(path, line)
+    return any(marker in source for marker in _WAITING)
+
+
+def _package(frame: str) -> str:
+    """Who owns the code of a frame: a project package, a PyPI one, or the stdlib."""
+    path = Path(_frame_location(frame)[1])
+    if "site-packages" in path.parts:
+        return path.parts[path.parts.index("site-packages") + 1].split(".")[0]
+    if path.is_relative_to(ROOT):
+        return path.relative_to(ROOT).parts[0] + "/ (project)"
+    return "python stdlib"
+
+
+def _function(frame: str) -> str:
+    """``f (/repo/gateway/lineprotocol.py:30)`` -> ``f (gateway/lineprotocol.py)``."""
+    name, path, _ = _frame_location(frame)
+    parts = Path(path).parts
+    short = "/".join(parts[-2:]) if len(parts) >= 2 else path
+    return f"{name} ({short})"
+
+
+# --- scenarios --------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    settings: BenchSettings
+    workdir: Path
+    mosquitto: Mosquitto
+    influx: InfluxDB
+    watch: BusWatch
+    gateway: GatewayRunner
+    sampler: ResourceSampler
+    model: Path
+    # The probe's normal reading (the model's training means).
+    probe_normal: dict[str, float]
+    load_pids: list[int] = field(default_factory=list)
+    naive: ManagedProcess | None = None
+    profiler: Profiler | None = None
+
+    def load_spec(self, prefix: str, **kw) -> LoadSpec:
+        s = self.settings
+        return LoadSpec(
+            "127.0.0.1",
+            self.mosquitto.port,
+            lines=s.lines,
+            devices=s.devices,
+            processes=s.processes,
+            inflight=s.inflight,
+            line_prefix=prefix,
+            **kw,
+        )
+
+    def run_load(self, spec: LoadSpec, probe: LatencyProbe | None = None) -> LoadResult:
+        gen = LoadGenerator(spec, name=f"load-{spec.line_prefix}").start()
+        self.load_pids = gen.pids + ([probe.pid] if probe and probe.pid else [])
+        if probe is not None:
+            probe.go()
+        try:
+            return gen.join()
+        finally:
+            self.load_pids = [probe.pid] if probe and probe.pid else []
+
+    def resources(self, start: float, end: float) -> dict:
+        return self.sampler.summary(start, end)
+
+
+def _loss(acked: int, stored: int) -> int:
+    return acked - stored
+
+
+def scenario_throughput(st: Stack) -> dict:
+    s = st.settings
+    before = st.watch.counts()
+    base = st.gateway.stored()
+    if s.profile:
+        pid = st.gateway.pids()[0]
+        st.profiler = Profiler(
+            pid, s.duration_s, st.workdir / "profile.txt", gil=s.profile == "gil"
+        )
+    started = time.time()
+    load = st.run_load(st.load_spec("tp", rate=s.rate, duration_s=s.duration_s))
+    sent_end = time.time()
+    at_send_end = st.gateway.stored() - base
+    _, done_at = wait_stored(lambda: st.gateway.stored() - base, load.acked, s.stall_timeout_s)
+    stored = stored_in_influx(st.influx.url, DB, "tp", load.acked)
+    out = {
+        "offered_rate": s.rate,
+        "published": load.acked,
+        "publish_rate": round(load.rate, 1),
+        "stored": stored,
+        "loss": _loss(load.acked, stored),
+        "sustained_rate": round(stored / (done_at - load.first_send), 1),
+        "rate_while_publishing": round(at_send_end / (sent_end - load.first_send), 1),
+        "drain_after_last_send_s": round(max(done_at - load.last_send, 0.0), 2),
+        "elapsed_s": round(done_at - load.first_send, 2),
+        # What the gateway published meanwhile (the simulator's values include faults).
+        "messages_out": dict(st.watch.counts() - before),
+        "load": load.as_dict(),
+        "resources": st.resources(started, done_at),
+    }
+    if st.profiler is not None:
+        out["profile"] = {"mode": s.profile, **st.profiler.finish()}
+        st.profiler = None
+    return out
+
+
+def scenario_latency(st: Stack) -> dict:
+    s = st.settings
+    probe = LatencyProbe(
+        ProbeSpec(
+            "127.0.0.1",
+            st.mosquitto.port,
+            s.latency_duration_s,
+            anomalous=ANOMALOUS,
+            normal=st.probe_normal,
+            rate=s.probe_rate,
+            line="lat-probe",
+        )
+    ).start()
+    st.load_pids = [probe.pid] if probe.pid else []
+    started = time.time()
+    rate = s.latency_rate - s.probe_rate
+    load = st.run_load(st.load_spec("lat", rate=rate, duration_s=s.latency_duration_s), probe)
+    result = probe.join()
+    st.load_pids = []
+    expected = load.acked + result.acked
+    stored = stored_in_influx(st.influx.url, DB, "lat", expected, s.stall_timeout_s)
+    end = time.time()
+    return {
+        "offered_rate": s.latency_rate,
+        "published": expected,
+        "publish_rate": round(load.rate + result.acked / s.latency_duration_s, 1),
+        "stored": stored,
+        "loss": _loss(expected, stored),
+        "latency": result.summary(),
+        "load": load.as_dict(),
+        "resources": st.resources(started, end),
+    }
+
+
+def scenario_backlog(st: Stack) -> dict:
+    s = st.settings
+    st.gateway.stop()  # its persistent session stays: the broker queues for it
+    load = st.run_load(st.load_spec("bl", count=s.backlog))
+    started = st.gateway.start()
+    ready = time.time()
+    # A fresh process: its stored counter starts at zero.
+    _, done_at = wait_stored(st.gateway.stored, load.acked, s.stall_timeout_s)
+    stored = stored_in_influx(st.influx.url, DB, "bl", load.acked)
+    return {
+        "published": load.acked,
+        "publish_rate": round(load.rate, 1),
+        "stored": stored,
+        "loss": _loss(load.acked, stored),
+        "startup_s": round(ready - started, 2),
+        "drain_s": round(done_at - ready, 2),
+        "drain_rate": round(stored / max(done_at - ready, 1e-9), 1),
+        "load": load.as_dict(),
+        "resources": st.resources(started, done_at),
+    }
+
+
+def scenario_naive(st: Stack) -> dict:
+    s = st.settings
+    st.gateway.stop()
+    # Otherwise the broker would queue every naive-run reading for the stopped gateway.
+    drop_session(st.mosquitto.port, f"gateway-{GATEWAY_ID}")
+    log_path = st.workdir / "naive.log"
+    conn = f"--port {st.mosquitto.port} --influx-url {st.influx.url} --database {NAIVE_DB}"
+    naive_args = [*conn.split(), "--model", str(st.model)]
+    st.naive = ManagedProcess(
+        "naive-gateway",
+        [sys.executable, "-m", "bench.naive_gateway", *naive_args],
+        log_path,
+        ready=lambda: log_path.exists() and READY_MESSAGE in log_path.read_text(errors="replace"),
+        cwd=ROOT,
+    ).start(120)
+    started = time.time()
+    load = st.run_load(st.load_spec("nv", rate=s.naive_rate, duration_s=s.naive_duration_s))
+    end = time.time()
+    stored = count_points(st.influx.url, NAIVE_DB, "nv")
+    resources = st.resources(started, end)
+    st.naive.stop()
+    st.naive = None
+    return {
+        "offered_rate": s.naive_rate,
+        "published": load.acked,
+        "stored_in_window": stored,
+        "rate": round(stored / (end - load.first_send), 1),
+        "kept_up": stored >= 0.98 * load.acked,
+        "load": load.as_dict(),
+        "resources": resources,
+    }
+
+
+# In this order: the backlog stops the gateway, the naive run ends its session.
+RUNNERS = {
+    "throughput": scenario_throughput,
+    "latency": scenario_latency,
+    "backlog": scenario_backlog,
+    "naive": scenario_naive,
+}
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+
+def ensure_model(model: Path | None, models_dir: Path, retrain: bool) -> Path:
+    if model is not None:
+        return model
+    if (models_dir / "current").exists() and not retrain:
+        return models_dir / "current"
+    log.info("training the default model into %s", models_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "sim.csv"
+        for argv in (
+            ["sensors.simulate", "--csv", str(data), "--lines", "2", "--devices", "3",
+             "--interval", "1", "--duration", "3600", "--seed", "7", "--faults", "all"],
+            ["model", "train", "--csv", str(data), "--models-dir", str(models_dir),
+             "--label-column", "is_anomaly", "--fault-column", "fault",
+             "--timestamp-column", "ts"],
+        ):  # fmt: skip
+            subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, check=True, capture_output=True)
+    return models_dir / "current"
+
+
+def probe_values(model: Path, alerts: dict) -> tuple[dict[str, float], dict]:
+    """A reading the model calls normal (the training means), checked against the
+    gateway's alert thresholds together with the anomalous one."""
+    from model.scorer import load_scorer
+
+    scorer = load_scorer(model)
+    if set(scorer.features) != set(ANOMALOUS):
+        raise SystemExit(f"the probe needs a model on {sorted(ANOMALOUS)}, not {scorer.features}")
+    stats = scorer.metadata["feature_stats"]
+    normal = {f: round(float(stats[f]["mean"]), 3) for f in scorer.features}
+    rows = [[values[f] for f in scorer.features] for values in (normal, ANOMALOUS)]
+    low, high = (float(v) for v in scorer.score(rows))
+    # Alert hysteresis (gateway.alerts): fires at enter, resolves below enter * exit_ratio.
+    enter = float(alerts.get("enter_score") or scorer.threshold)
+    exit_ = enter * float(alerts.get("exit_ratio", 1.0))
+    if not (low < exit_ and high >= enter):
+        raise SystemExit(
+            f"model {scorer.version} does not separate the probe readings "
+            f"(normal {low:.3f} must be < {exit_:.3f}, anomalous {high:.3f} >= {enter:.3f})"
+        )
+    return normal, {"version": scorer.version, "threshold": scorer.threshold}
+
+
+def machine_info() -> dict:
+    def first_line(argv: list[str]) -> str:
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        except OSError:
+            return "?"
+        text = (out.stdout or out.stderr).strip()
+        return text.splitlines()[0] if text else "?"
+
+    import numpy
+    import paho.mqtt
+    import sklearn
+
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "sklearn": sklearn.__version__,
+        "paho_mqtt": paho.mqtt.__version__,
+        "mosquitto": first_line([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-h"]),
+        "influxd": first_line([shutil.which("influxd") or "/usr/bin/influxd", "version"]),
+    }
+
+
+def loadavg() -> list[float]:
+    with open("/proc/loadavg") as fh:
+        return [float(v) for v in fh.read().split()[:3]]
+
+
+def run(settings: BenchSettings, args: argparse.Namespace, workdir: Path) -> dict:
+    model = ensure_model(args.model, args.models_dir, args.retrain)
+    metrics_port = free_port()
+    cfg = gateway_config(args.gateway_config, workdir, model, metrics_port, args.set)
+    normal, model_info = probe_values(model, cfg.get("alerts", {}))
+    result: dict = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "loadavg_before": loadavg(),
+        "settings": settings.__dict__,
+        "broker_nodelay": args.broker_nodelay,
+        "model": {"path": str(model), **model_info},
+        "scenarios": {},
+    }
+    stack_started: list = []
+    try:
+        broker_extra = "set_tcp_nodelay true\n" if args.broker_nodelay else ""
+        mosq = Mosquitto(workdir / "mosquitto", free_port(), extra_config=broker_extra).start()
+        stack_started.append(mosq)
+        influx = InfluxDB(workdir / "influxdb", free_port()).start()
+        stack_started.append(influx)
+        influx.create_database(DB)
+        influx.create_database(NAIVE_DB)
+        watch = BusWatch(mosq.port, GATEWAY_ID)
+        stack_started.append(watch)
+        cfg["mqtt"]["port"] = mosq.port
+        cfg["influx"]["url"] = influx.url
+        config_path = workdir / "gateway.toml"
+        config_path.write_text(dump_toml(cfg) + "\n")
+        result["gateway_config"] = cfg
+        gateway = GatewayRunner(config_path, workdir / "gateway.log", watch, metrics_port)
+        stack: Stack
+
+        def naive_pids() -> list[int]:
+            proc = stack.naive.proc if stack.naive else None
+            return [proc.pid] if proc is not None and proc.poll() is None else []
+
+        sampler = ResourceSampler(
+            {
+                "gateway": gateway.pids,
+                "naive": naive_pids,
+                "mosquitto": lambda: [mosq.process.proc.pid] if mosq.process else [],
+                "influxd": lambda: [influx.process.proc.pid] if influx.process else [],
+                "loadgen": lambda: list(stack.load_pids),
+                "harness": lambda: [os.getpid()],
+                "py-spy": lambda: stack.profiler.pid() if stack.profiler else [],
+            }
+        )
+        stack = Stack(settings, workdir, mosq, influx, watch, gateway, sampler, model, normal)
+        sampler.start()
+        stack_started.append(sampler)
+        if {"throughput", "latency", "backlog"} & set(settings.scenarios):
+            gateway.start()  # also creates the persistent session the backlog needs
+            stack_started.append(gateway)
+        for name, scenario in RUNNERS.items():
+            if name in settings.scenarios:
+                log.info("scenario %s", name)
+                result["scenarios"][name] = scenario(stack)
+                log.info("%s: %s", name, _brief(result["scenarios"][name]))
+    finally:
+        for part in reversed(stack_started):
+            try:  # one part failing to stop must not leave the others running
+                part.close() if isinstance(part, BusWatch) else part.stop()
+            except Exception:
+                log.exception("could not stop %s", type(part).__name__)
+    if "decode" in settings.scenarios:
+        log.info("scenario decode")
+        result["scenarios"]["decode"] = decode_bench.run(settings.decode_messages)
+    tp, nv = result["scenarios"].get("throughput"), result["scenarios"].get("naive")
+    for s in result["scenarios"].values():
+        _add_efficiency(s)
+    if tp and nv and nv["rate"] > 0:
+        result["naive_ratio"] = round(tp["sustained_rate"] / nv["rate"], 1)
+        if tp.get("readings_per_cpu_s") and nv.get("readings_per_cpu_s"):
+            result["naive_cpu_ratio"] = round(
+                tp["readings_per_cpu_s"] / nv["readings_per_cpu_s"], 1
+            )
+    result["loadavg_after"] = loadavg()
+    return result
+
+
+def _add_efficiency(scenario: dict) -> None:
+    """Readings per CPU-second of the process doing the work: on a shared machine
+    this moves much less with other people's load than readings/s does.  Only where
+    that process is saturated (max-rate throughput, backlog, a naive gateway that fell
+    behind); at a paced rate it would mostly measure idle overhead."""
+    paced_throughput = "sustained_rate" in scenario and scenario.get("offered_rate")
+    if paced_throughput or scenario.get("kept_up") or "latency" in scenario:
+        return
+    rate = scenario.get("sustained_rate") or scenario.get("drain_rate") or scenario.get("rate")
+    resources = scenario.get("resources", {})
+    worker = "naive" if "kept_up" in scenario else "gateway"
+    cpu = resources.get(worker, {}).get("cpu_pct")
+    if rate and cpu:
+        scenario["readings_per_cpu_s"] = round(rate / (cpu / 100), 1)
+
+
+def _brief(scenario: dict) -> str:
+    keys = ("published", "stored", "loss", "sustained_rate", "drain_rate", "rate")
+    return " ".join(f"{k}={scenario[k]}" for k in keys if k in scenario)
+
+
+# --- report -----------------------------------------------------------------------------------
+
+
+def format_report(result: dict) -> str:
+    sc = result["scenarios"]
+    rows = []
+
+    def res(s: dict, group: str, key: str) -> str:
+        value = s.get("resources", {}).get(group, {}).get(key)
+        return "-" if value is None else f"{value:.0f}"
+
+    if "throughput" in sc:
+        s = sc["throughput"]
+        label = f"@{s['offered_rate']:.0f}/s" if s["offered_rate"] else "(max)"
+        rows.append(
+            (f"throughput {label}", s["sustained_rate"], s["loss"], None, None, s,
+             f"published {s['publish_rate']:.0f}/s; all stored "
+             f"{s['drain_after_last_send_s']:.1f} s after the last send")
+        )  # fmt: skip
+    if "latency" in sc:
+        s = sc["latency"]
+        lat = s["latency"]["all"]
+        rows.append(
+            (f"latency @{s['offered_rate']:.0f}/s", s["publish_rate"], s["loss"],
+             lat.get("p50_ms"), lat.get("p99_ms"), s,
+             f"{lat.get('n', 0)} alerts, max {lat.get('max_ms', '-')} ms, "
+             f"{s['latency']['missing']} missing, {s['latency']['wrong_state']} wrong")
+        )  # fmt: skip
+    if "backlog" in sc:
+        s = sc["backlog"]
+        rows.append(
+            (f"backlog drain {s['published']:,}", s["drain_rate"], s["loss"], None, None, s,
+             f"startup {s['startup_s']:.1f} s, drained in {s['drain_s']:.1f} s")
+        )  # fmt: skip
+    if "naive" in sc:
+        s = sc["naive"]
+        rows.append(
+            ("naive per-message", s["rate"], None, None, None, s,
+             f"offered {s['offered_rate']:.0f}/s; {'kept up' if s['kept_up'] else 'fell behind'}")
+        )  # fmt: skip
+    out = [
+        f"{'scenario':<24} {'readings/s':>10} {'loss':>5} {'p50 ms':>7} {'p99 ms':>7} "
+        f"{'gw CPU%':>7} {'per CPU-s':>9} {'gw RSS MB':>9}  notes",
+        "-" * 120,
+    ]
+    for name, rate, loss, p50, p99, s, note in rows:
+        group = "naive" if name.startswith("naive") else "gateway"
+        per_cpu = s.get("readings_per_cpu_s")
+        out.append(
+            f"{name:<24} {rate:>10,.0f} {'-' if loss is None else loss:>5} "
+            f"{'-' if p50 is None else f'{p50:.1f}':>7} {'-' if p99 is None else f'{p99:.1f}':>7} "
+            f"{res(s, group, 'cpu_pct'):>7} {'-' if per_cpu is None else f'{per_cpu:,.0f}':>9} "
+            f"{res(s, group, 'max_rss_mb'):>9}  {note}"
+        )
+    if "naive_ratio" in result:
+        out.append(
+            f"\ngateway / naive per-message path: {result['naive_ratio']:.1f}x readings/s, "
+            f"{result.get('naive_cpu_ratio', 0):.1f}x readings per CPU-second"
+        )
+    groups = ("gateway", "naive", "mosquitto", "influxd", "loadgen", "harness", "other", "machine")
+    out += [
+        "",
+        f"CPU % of one core ({result['machine']['cpus']} cores; 'other' = not the benchmark), "
+        "max RSS MB in brackets",
+        f"{'scenario':<12} " + " ".join(f"{g:>13}" for g in groups),
+    ]
+    for name in ("throughput", "latency", "backlog", "naive"):
+        if name not in sc:
+            continue
+        r = sc[name].get("resources", {})
+        cells = []
+        for g in groups:
+            cpu = r.get(g, {}).get("cpu_pct")
+            rss = r.get(g, {}).get("max_rss_mb")
+            cell = "-" if cpu is None else f"{cpu:.0f}" + (f" [{rss:.0f}]" if rss else "")
+            cells.append(f"{cell:>13}")
+        out.append(f"{name:<12} " + " ".join(cells))
+    if "decode" in sc:
+        out += ["", decode_bench.format_table(sc["decode"])]
+    prof = sc.get("throughput", {}).get("profile")
+    if prof and "busy_samples" in prof:
+        out += [
+            "",
+            f"py-spy ({prof['mode']}), gateway during throughput, 100 Hz: "
+            f"{prof['busy_samples']} busy samples (+{prof['waiting_samples']} waiting); "
+            "shares of the busy ones",
+        ]
+        out.append("  threads: " + ", ".join(f"{n} {p}%" for n, p in prof["threads_pct"]))
+        out.append(
+            "  self time by package: " + ", ".join(f"{n} {p}%" for n, p in prof["package_self_pct"])
+        )
+        out.append("  self time:")
+        out += [f"    {p:>5.1f}%  {n}" for n, p in prof["self_pct"]]
+        out.append("  inclusive:")
+        out += [f"    {p:>5.1f}%  {n}" for n, p in prof["inclusive_pct"]]
+    out.append(f"\nload average before {result['loadavg_before']}, after {result['loadavg_after']}")
+    return "\n".join(out)
+
+
+def build_settings(args: argparse.Namespace) -> BenchSettings:
+    values = {}
+    if args.quick:
+        values.update(QUICK)
+    for name in BenchSettings.__dataclass_fields__:
+        given = getattr(args, name, None)
+        if given is not None:
+            values[name] = given
+    return BenchSettings(**values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.bench_gateway",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("--quick", action="store_true", help="short scenarios (~1 min)")
+    parser.add_argument("--duration", dest="duration_s", type=float, help="(1) seconds [60]")
+    parser.add_argument("--rate", type=float, help="(1) readings/s, 0 = max [0]")
+    parser.add_argument("--latency-duration", dest="latency_duration_s", type=float)
+    parser.add_argument("--latency-rate", type=float, help="(2) total readings/s [1000]")
+    parser.add_argument("--probe-rate", type=float, help="(2) probe readings/s [10]")
+    parser.add_argument("--backlog", type=int, help="(3) readings queued [1000000]")
+    parser.add_argument("--naive-duration", dest="naive_duration_s", type=float)
+    parser.add_argument("--naive-rate", type=float, help="(4) offered readings/s [1000]")
+    parser.add_argument("--devices", type=int)
+    parser.add_argument("--lines", type=int)
+    parser.add_argument("--processes", type=int, help="publisher processes [2]")
+    parser.add_argument("--inflight", type=int, help="unacked publishes per process [2000]")
+    parser.add_argument("--decode-messages", type=int)
+    parser.add_argument(
+        "--only",
+        dest="scenarios",
+        type=lambda v: tuple(x.strip() for x in v.split(",") if x.strip()),
+        help=f"comma list of {','.join(SCENARIOS)}",
+    )
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="busy",
+        choices=("busy", "gil"),
+        help="py-spy the gateway during (1): running threads, or only the GIL holder",
+    )
+    parser.add_argument("--model", type=Path, help="model to use (default: train/reuse)")
+    parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "bench" / "models")
+    parser.add_argument("--retrain", action="store_true")
+    parser.add_argument("--gateway-config", type=Path, default=ROOT / "config" / "gateway.toml")
+    parser.add_argument(
+        "--set",
+        type=parse_override,
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="gateway config override, e.g. pipeline.batch_max=1000 (repeatable)",
+    )
+    parser.add_argument(
+        "--broker-nodelay",
+        action="store_true",
+        help="run Mosquitto with set_tcp_nodelay true (default: Mosquitto's default, off)",
+    )
+    parser.add_argument("--output", type=Path, help="JSON file [var/bench/gateway-<time>.json]")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs, data)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    settings = build_settings(args)
+    unknown = set(settings.scenarios) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenario(s): {sorted(unknown)}")
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
+    try:
+        result = run(settings, args, workdir)
+    except BaseException:
+        log.error("benchmark failed; logs are in %s", workdir)
+        raise
+    output = args.output or (
+        ROOT / "var" / "bench" / f"gateway-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    raw_profile = workdir / "profile.txt"
+    if raw_profile.exists():  # collapsed stacks, e.g. for flamegraph.pl or speedscope
+        shutil.copyfile(raw_profile, output.with_suffix(".pyspy.txt"))
+    if args.keep:
+        log.info("work dir kept: %s", workdir)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(format_report(result))
+    print(f"\nresults: {output}")
+    losses = [s.get("loss") for s in result["scenarios"].values() if isinstance(s, dict)]
+    return 1 if any(loss for loss in losses if loss is not None) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
