@@ -34,6 +34,8 @@ class Mosquitto:
             # dropping past the default 1000 (the gateway bounds its own memory).
             "max_queued_messages 0",
             "max_inflight_messages 0",
+            # Forward each message at once (no Nagle delay): alert latency.
+            "set_tcp_nodelay true",
             "log_dest stderr",
             "log_type error",
             "log_type warning",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from common.mqtt import MqttSettings, make_client, start
+from common.mqtt import MqttSettings, disable_nagle, make_client, start
 from contract import status_topic
 from contract.payloads import OFFLINE, ONLINE
 from gateway.metrics import GatewayMetrics
@@ -91,6 +91,7 @@ class MqttIntake:
             self._settings.port,
             flags.session_present,
         )
+        disable_nagle(client)
         self.connected.set()
         self._metrics.connected.set(1)
         # Subscribing on every connect is idempotent and covers an expired session.

@@ -5,6 +5,7 @@ Layout::
     <models_dir>/
         20240501T120000Z-3fa9c2d1/      one directory per trained model, never modified
             model.joblib               {"pipeline": Pipeline, "detector": name}
+            compiled.npz               IsolationForest only: the same forest as flat arrays
             metadata.json              features, threshold, calibration, metrics, ...
         current -> 20240501T120000Z-3fa9c2d1
         history.json                   every switch of ``current``, oldest first
@@ -35,13 +36,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
 
 _LOG = logging.getLogger(__name__)
 
 MODEL_FILE = "model.joblib"
 METADATA_FILE = "metadata.json"
+# An IsolationForest also as flat arrays (.npz, no pickle): serving processes load it
+# without importing scikit-learn.
+COMPILED_FILE = "compiled.npz"
 CURRENT = "current"
 HISTORY_FILE = "history.json"
 # Older entries are dropped beyond this: the file stays small on a long-lived box.
@@ -106,12 +109,15 @@ def save_artifact(
     metadata = dict(metadata)
     metadata.setdefault("created_at", utc_now_rfc3339())
     base = make_version(metadata["created_at"], metadata.get("training", {}).get("data_sha256", ""))
+    import joblib
+
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=models_dir))
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; services may run as another user
         joblib.dump({"pipeline": pipeline, "detector": metadata.get("detector")}, tmp / MODEL_FILE)
         with open(tmp / MODEL_FILE, "rb") as fh:
             os.fsync(fh.fileno())
+        _save_compiled(pipeline, tmp)
         for attempt in range(1, 1000):
             version = base if attempt == 1 else f"{base}-{attempt}"
             target = models_dir / version
@@ -138,6 +144,16 @@ def save_artifact(
     if activate:
         _switch_current(models_dir, version, reason="train")
     return target
+
+
+def _save_compiled(pipeline: Any, version_dir: Path) -> None:
+    """Also save an IsolationForest as flat arrays, so that serving processes score it
+    without importing scikit-learn (see ``model.scorer.load_scorer``)."""
+    from model.fastforest import compile_forest
+
+    forest = compile_forest(pipeline)
+    if forest is not None:
+        forest.save(version_dir / COMPILED_FILE)
 
 
 def read_metadata(version_dir: str | Path) -> dict[str, Any]:

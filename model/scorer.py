@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
-import sklearn
 
-from model.artifact import MODEL_FILE, ModelError, read_metadata, resolve
+from model.artifact import COMPILED_FILE, MODEL_FILE, ModelError, read_metadata, resolve
 from model.calibration import Calibration
-from model.detectors import compiled_raw_scores
 from model.envelope import Envelope
 from model.stream_features import RollingWindow, StreamFeatureError, StreamSpec
 
@@ -50,7 +48,13 @@ __all__ = ["ModelError", "Scorer", "load_scorer"]
 
 
 class Scorer:
-    def __init__(self, pipeline: Any, metadata: dict[str, Any], path: str | Path):
+    def __init__(
+        self,
+        pipeline: Any,
+        metadata: dict[str, Any],
+        path: str | Path,
+        raw_fn: Callable[[np.ndarray], np.ndarray] | None = None,
+    ):
         self.path = Path(path)
         self.metadata = metadata
         self.version: str = str(metadata["version"])
@@ -71,7 +75,11 @@ class Scorer:
         self._pipeline = pipeline
         # IsolationForest pipelines are compiled to flat arrays (same scores, ~50x less
         # per-call overhead); other detectors score through sklearn.
-        self._raw_scores = compiled_raw_scores(pipeline)
+        if raw_fn is None:
+            from model.detectors import compiled_raw_scores
+
+            raw_fn = compiled_raw_scores(pipeline)
+        self._raw_scores = raw_fn
         if not self.features:
             raise ValueError("model has no features")
         self.stream = StreamSpec.from_features(self.features)
@@ -145,6 +153,8 @@ class Scorer:
 
 
 def _load_joblib(path: Path) -> dict[str, Any]:
+    import joblib
+
     if not path.is_file():
         raise ModelError(f"model file missing: {path}")
     with warnings.catch_warnings(record=True) as caught:
@@ -169,6 +179,27 @@ def load_scorer(path: str | Path) -> Scorer:
     missing = [key for key in _REQUIRED_METADATA if key not in metadata]
     if missing:
         raise ModelError(f"{version_dir}/metadata.json lacks {missing}")
+    compiled = version_dir / COMPILED_FILE
+    if metadata["detector"] == "isolation_forest" and compiled.is_file():
+        forest = _load_compiled(compiled)
+        _check_width(version_dir, metadata, forest.n_features)
+        return _finish(version_dir, metadata, None, forest.raw_scores)
+    return _load_pickled(version_dir, metadata)
+
+
+def _load_compiled(path: Path):
+    from model.fastforest import CompiledForest
+
+    try:
+        return CompiledForest.load(path)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ModelError(f"cannot load {path}: {exc}") from None
+
+
+def _load_pickled(version_dir: Path, metadata: dict[str, Any]) -> Scorer:
+    """The joblib pipeline (imports scikit-learn): other detectors, older artifacts."""
+    import sklearn
+
     artifact = _load_joblib(version_dir / MODEL_FILE)
     pipeline = artifact["pipeline"]
     if artifact.get("detector") not in (None, metadata["detector"]):
@@ -185,13 +216,28 @@ def load_scorer(path: str | Path) -> Scorer:
             sklearn.__version__,
         )
     width = getattr(pipeline, "n_features_in_", None)
-    if width is not None and width != len(metadata["features"]):
+    if width is not None:
+        _check_width(version_dir, metadata, width)
+    return _finish(version_dir, metadata, pipeline, None)
+
+
+def _check_width(version_dir: Path, metadata: dict[str, Any], width: int) -> None:
+    listed = [f.get("name") for f in metadata["features"]]
+    if width != len(listed):
         raise ModelError(
             f"{version_dir}: model expects {width} features but metadata lists "
-            f"{len(metadata['features'])} {[f.get('name') for f in metadata['features']]}"
+            f"{len(listed)} {listed}"
         )
+
+
+def _finish(
+    version_dir: Path,
+    metadata: dict[str, Any],
+    pipeline: Any,
+    raw_fn: Callable[[np.ndarray], np.ndarray] | None,
+) -> Scorer:
     try:
-        scorer = Scorer(pipeline, metadata, version_dir)
+        scorer = Scorer(pipeline, metadata, version_dir, raw_fn)
     except StreamFeatureError as exc:
         raise ModelError(f"{version_dir}/metadata.json: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:

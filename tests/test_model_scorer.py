@@ -17,6 +17,7 @@ import pytest
 
 from model import cli
 from model.artifact import (
+    COMPILED_FILE,
     CURRENT,
     HISTORY_FILE,
     ModelError,
@@ -99,7 +100,11 @@ def test_round_trip_gives_identical_scores(tmp_path: Path, model_and_data) -> No
     assert scorer.metadata["version"] == version_dir.name
     on_disk = json.loads((version_dir / "metadata.json").read_text())
     assert on_disk["calibration"] == metadata["calibration"]
-    assert sorted(p.name for p in version_dir.iterdir()) == ["metadata.json", "model.joblib"]
+    assert sorted(p.name for p in version_dir.iterdir()) == [
+        "compiled.npz",
+        "metadata.json",
+        "model.joblib",
+    ]
 
 
 def test_version_names_and_collisions(tmp_path: Path, model_and_data) -> None:
@@ -184,6 +189,10 @@ def test_missing_and_corrupt_artifacts_raise_model_error(tmp_path: Path, models_
         load_scorer(empty)
 
     version_dir = resolve(models_dir)
+    (version_dir / COMPILED_FILE).write_bytes(b"not an npz")
+    with pytest.raises(ModelError, match=r"cannot load .*compiled\.npz"):
+        load_scorer(models_dir)
+    (version_dir / COMPILED_FILE).unlink()  # without it: the pickled pipeline
     (version_dir / "model.joblib").write_bytes(b"not a pickle at all")
     with pytest.raises(ModelError, match=r"cannot load .*model\.joblib"):
         load_scorer(models_dir)
@@ -216,6 +225,8 @@ def test_metadata_inconsistent_with_model(models_dir: Path) -> None:
 
 
 def test_sklearn_version_mismatch_is_logged(models_dir: Path, caplog) -> None:
+    # Only the pickled pipeline depends on the sklearn version (the compiled arrays don't).
+    (resolve(models_dir) / COMPILED_FILE).unlink()
     meta_path = resolve(models_dir) / "metadata.json"
     meta = json.loads(meta_path.read_text())
     meta["versions"]["sklearn"] = "0.0.1"

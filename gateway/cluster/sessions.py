@@ -24,7 +24,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from common.mqtt import MqttSettings, make_client, start
+from common.mqtt import MqttSettings, disable_nagle, make_client, start
 from gateway.cluster.assignment import partition_of
 from gateway.intake import Message
 
@@ -74,6 +74,7 @@ class _Session:
         if reason_code.is_failure:
             log.error("%s: broker refused connection: %s", self.client_id, reason_code)
             return
+        disable_nagle(client)
         if self._subscriptions:
             client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._subscriptions])
         self.ready.set()
