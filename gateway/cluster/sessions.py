@@ -150,6 +150,9 @@ class RoutingSession(_Session):
         # Readings for partitions without a session yet: held, unacknowledged.
         self._held: list[tuple[int, str, bytes, int]] = []
         self.last_message = time.monotonic()
+        # Forwards in flight are already bounded by our Receive Maximum (each incoming
+        # reading is acknowledged only when its forward is): no second, smaller window.
+        self.client.max_inflight_messages_set(settings.receive_maximum)
         self.client.on_message = self._on_message
         self.client.on_publish = self._on_publish
 
