@@ -179,6 +179,20 @@ class LoadGenerator:
             worker.join(15)
 
 
+def _wait_for_workers(server: ApiServer, count: int = 2) -> None:
+    """/ready answers once one worker is up; wait until ``count`` distinct workers
+    answer (each has loaded its model), so a switch cannot race a booting worker."""
+    pids: set[int] = set()
+
+    def seen_all() -> bool:
+        http = urllib3.PoolManager(retries=False, timeout=5.0)
+        resp = http.request("GET", f"{server.url}/health", headers={"Connection": "close"})
+        pids.add(orjson.loads(resp.data)["pid"])
+        return len(pids) >= count
+
+    wait_until(seen_all, 30, f"{count} API workers")
+
+
 def _fresh_connection_versions(server: ApiServer, n: int) -> Counter:
     """Versions answering ``n`` requests on new connections (spread over the workers)."""
     seen: Counter = Counter()
@@ -336,7 +350,10 @@ def test_sighup_reloads_workers_gracefully(start_api, private_models):
 def test_broken_new_model_keeps_the_old_one_serving(start_api, private_models):
     models, v1, v2 = private_models
     server = start_api(models, "[model]\ncheck_interval_s = 0.2\n")
+    _wait_for_workers(server)
+    # Broken whichever way it is loaded: the compiled arrays and the pickled pipeline.
     (models / v2 / "model.joblib").write_bytes(b"not a pickle")
+    (models / v2 / "compiled.npz").write_bytes(b"not an npz")
     link = models / "current"
     tmp_link = models / ".current-test"
     os.symlink(v2, tmp_link)
