@@ -5,7 +5,9 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: demo test bootstrap lint format model bench clean
 
-demo: bootstrap
+# The demo needs only the runtime (no browser, no test tools on a Pi).
+demo:
+	@VENV=$(VENV) scripts/bootstrap.sh --runtime
 	$(PY) -m devstack.demo
 
 test: bootstrap
@@ -25,6 +27,10 @@ format: bootstrap
 # Train a model on fresh simulator data (what `make demo` does when none exists).
 model: bootstrap
 	$(PY) -m devstack.demo --train-only
+
+# Benchmarks print figures (see README "Performance"); ~6 min on 2 cores.
+bench: bootstrap
+	$(PY) -m bench.bench_gateway
 
 clean:
 	rm -rf var .pytest_cache .ruff_cache
