@@ -25,6 +25,7 @@ import pytest
 from common.mqtt import MqttSettings
 from contract import READING_SUBSCRIPTION, decode_reading, encode_reading, reading_topic
 from contract.fields import DEFAULT_FIELDS
+from devstack.process import wait_until
 from sensors.dataset_writer import HEADER, write_dataset
 from sensors.faults import FAULT_TYPES, parse_fault_types
 from sensors.sim_publish import run_publish
@@ -35,7 +36,7 @@ from tests.helpers import ROOT, Collector, mosquitto_pub, unique
 TEMP, HUM, SOUND = "temperature_c", "humidity_pct", "sound_db"
 
 
-# --- a tiny real Mosquitto (the lead will move this into shared fixtures) -------------
+# --- a minimal Mosquitto config of its own: the ACL test below depends on it -----------
 
 
 def _free_port() -> int:
@@ -67,13 +68,13 @@ def run_mosquitto(run_dir: Path, extra_config: str = "") -> Iterator[int]:
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log_file, stderr=log_file)
     try:
-        deadline = time.monotonic() + 10
-        while not _accepts(port):
+
+        def listening() -> bool:
             if proc.poll() is not None:
                 raise RuntimeError(f"mosquitto exited: {log_path.read_text()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"mosquitto not listening: {log_path.read_text()}")
-            time.sleep(0.02)  # poll interval; the condition is re-checked
+            return _accepts(port)
+
+        wait_until(listening, 10, "mosquitto to listen")
         yield port
     finally:
         proc.terminate()
