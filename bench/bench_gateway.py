@@ -32,9 +32,7 @@ used by processes that are not part of the benchmark (shared machine).
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
-import linecache
 import logging
 import os
 import platform
@@ -62,6 +60,8 @@ from bench import decode_bench
 from bench.loadgen import LoadGenerator, LoadResult, LoadSpec
 from bench.naive_gateway import READY_MESSAGE
 from bench.probe import LatencyProbe, ProbeSpec
+from bench.profile import Profiler
+from bench.resources import ResourceSampler
 from devstack.influxdb import InfluxDB, query
 from devstack.mosquitto import Mosquitto
 from devstack.process import ManagedProcess, free_port, wait_until
@@ -73,7 +73,6 @@ DB = "bench"
 NAIVE_DB = "bench_naive"
 GATEWAY_ID = "bench-gw"
 ANOMALOUS = {"temperature_c": 140.0, "humidity_pct": 5.0, "sound_db": 150.0}
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
 _http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=1.0, read=10.0))
 
 
@@ -114,104 +113,6 @@ QUICK = {
     "naive_duration_s": 8.0,
     "decode_messages": 5_000,
 }
-
-
-# --- /proc sampling ---------------------------------------------------------------------------
-
-
-def _proc_sample(pid: int) -> tuple[int, int] | None:
-    """(utime + stime in clock ticks, VmRSS in kB) of a live process."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            stat = fh.read()
-        with open(f"/proc/{pid}/status") as fh:
-            status = fh.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    ticks = int(fields[11]) + int(fields[12])
-    rss = 0
-    for line in status.splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1])
-            break
-    return ticks, rss
-
-
-def _machine_ticks() -> tuple[int, int]:
-    """(busy, total) clock ticks of all CPUs since boot."""
-    with open("/proc/stat") as fh:
-        parts = [int(v) for v in fh.readline().split()[1:]]
-    idle = parts[3] + parts[4]  # idle + iowait
-    total = sum(parts[:8])  # guest time is already in user/nice
-    return total - idle, total
-
-
-@dataclass
-class _Sample:
-    t: float
-    groups: dict[str, dict[int, tuple[int, int]]]
-    machine: tuple[int, int]
-
-
-class ResourceSampler(threading.Thread):
-    """Samples CPU time and RSS of named process groups (and the machine) every second."""
-
-    def __init__(self, groups: dict[str, Callable[[], list[int]]], interval_s: float = 1.0):
-        super().__init__(name="resource-sampler", daemon=True)
-        self._groups = groups
-        self._interval = interval_s
-        self._halt = threading.Event()
-        self._lock = threading.Lock()
-        self.samples: list[_Sample] = []
-
-    def sample(self) -> None:
-        groups = {}
-        for name, pids in self._groups.items():
-            found = {}
-            for pid in pids():
-                got = _proc_sample(pid)
-                if got is not None:
-                    found[pid] = got
-            groups[name] = found
-        with self._lock:
-            self.samples.append(_Sample(time.time(), groups, _machine_ticks()))
-
-    def run(self) -> None:
-        while not self._halt.wait(self._interval):
-            self.sample()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(5)
-
-    def summary(self, start: float, end: float) -> dict:
-        """Mean CPU % (of one core) and max RSS (MB) per group within [start, end]."""
-        self.sample()  # a closing sample, so short windows have two
-        with self._lock:
-            window = [s for s in self.samples if start - 1.0 <= s.t <= end + 1.0]
-        if len(window) < 2:
-            return {}
-        elapsed = window[-1].t - window[0].t
-        out: dict[str, dict] = {}
-        for name in self._groups:
-            ticks = 0
-            for a, b in itertools.pairwise(window):
-                for pid, (t1, _) in b.groups[name].items():
-                    if pid in a.groups[name]:
-                        ticks += t1 - a.groups[name][pid][0]
-            rss = [sum(r for _, r in s.groups[name].values()) for s in window]
-            out[name] = {
-                "cpu_pct": round(ticks / _CLK_TCK / elapsed * 100, 1),
-                "max_rss_mb": round(max(rss) / 1024, 1),
-            }
-        busy = window[-1].machine[0] - window[0].machine[0]
-        total = window[-1].machine[1] - window[0].machine[1]
-        machine = busy / total * 100 * (os.cpu_count() or 1) if total else 0.0
-        ours = sum(g["cpu_pct"] for g in out.values())
-        out["machine"] = {"cpu_pct": round(machine, 1)}
-        out["other"] = {"cpu_pct": round(max(machine - ours, 0.0), 1)}
-        return out
 
 
 # --- MQTT side: status, alerts and dead letters -----------------------------------------------
@@ -430,112 +331,6 @@ def stored_in_influx(url: str, db: str, prefix: str, expected: int, timeout_s: f
     once, but the gateway may still be finishing the last one) or ``timeout_s``."""
     count, _ = wait_stored(lambda: count_points(url, db, prefix), expected, timeout_s, 0.5)
     return count
-
-
-class Profiler:
-    """py-spy attached to the gateway; summarised as top functions and thread shares."""
-
-    def __init__(self, pid: int, duration_s: float, out: Path, gil: bool = False):
-        binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        if not Path(binary).exists():
-            raise SystemExit("--profile needs py-spy: pip install -r requirements-dev.txt")
-        self.out = out
-        seconds = max(1, round(duration_s))
-        argv = f"record -p {pid} -d {seconds} -r 100 --threads --full-filenames --format raw"
-        if gil:
-            argv += " --gil"
-        self._proc = subprocess.Popen(
-            [binary, *argv.split(), "-o", str(out)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-
-    def pid(self) -> list[int]:
-        return [self._proc.pid] if self._proc.poll() is None else []
-
-    def finish(self) -> dict:
-        _, err = self._proc.communicate(timeout=60)
-        if not self.out.exists():
-            return {"error": err.decode(errors="replace")[-500:]}
-        return summarise_profile(self.out.read_text())
-
-
-# Source lines where a thread waits rather than computes (py-spy's own idle detection
-# misses some of them on a busy machine): locks, conditions, select/poll, sleeps and
-# blocking socket reads (the writer waiting for InfluxDB's answer).
-_WAITING = ("acquire(", ".wait(", "select(", ".poll(", "sleep(", "recv_into(", "accept(")
-
-
-def summarise_profile(raw: str, top: int = 15) -> dict:
-    """From py-spy's collapsed stacks (``--threads --full-filenames``): the share of
-    busy samples per thread, per leaf function (self) and per function anywhere on the
-    stack (inclusive).  Samples whose leaf line waits are counted apart."""
-    threads: Counter[str] = Counter()
-    waiting: Counter[str] = Counter()
-    own: Counter[str] = Counter()
-    packages: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    busy = 0
-    for line in raw.splitlines():
-        stack, _, count_text = line.rpartition(" ")
-        if not stack:
-            continue
-        count = int(count_text)
-        frames = stack.split(";")
-        thread = frames[0].split(": ", 1)[-1]
-        if len(frames) < 2 or _is_waiting(frames[-1]):
-            waiting[thread] += count
-            continue
-        funcs = [_function(f) for f in frames[1:]]
-        busy += count
-        threads[thread] += count
-        own[funcs[-1]] += count
-        packages[_package(frames[-1])] += count
-        for func in set(funcs):
-            inclusive[func] += count
-
-    def shares(counter: Counter[str]) -> list[list]:
-        return [[name, round(100 * n / busy, 1)] for name, n in counter.most_common(top)]
-
-    return {
-        "busy_samples": busy,
-        "waiting_samples": sum(waiting.values()),
-        "threads_pct": shares(threads) if busy else [],
-        "self_pct": shares(own) if busy else [],
-        "package_self_pct": shares(packages) if busy else [],
-        "inclusive_pct": shares(inclusive) if busy else [],
-    }
-
-
-def _frame_location(frame: str) -> tuple[str, str, int]:
-    """``func (path:line)`` -> (func, path, line)."""
-    name, _, where = frame.partition(" (")
-    path, _, line = where.rstrip(")").rpartition(":")
-    return name, path, int(line) if line.isdigit() else 0
-
-
-def _is_waiting(frame: str) -> bool:
-    _, path, line = _frame_location(frame)
-    source = linecache.getline(path, line)
-    return any(marker in source for marker in _WAITING)
-
-
-def _package(frame: str) -> str:
-    """Who owns the code of a frame: a project package, a PyPI one, or the stdlib."""
-    path = Path(_frame_location(frame)[1])
-    if "site-packages" in path.parts:
-        return path.parts[path.parts.index("site-packages") + 1].split(".")[0]
-    if path.is_relative_to(ROOT):
-        return path.relative_to(ROOT).parts[0] + "/ (project)"
-    return "python stdlib"
-
-
-def _function(frame: str) -> str:
-    """``f (/repo/gateway/lineprotocol.py:30)`` -> ``f (gateway/lineprotocol.py)``."""
-    name, path, _ = _frame_location(frame)
-    parts = Path(path).parts
-    short = "/".join(parts[-2:]) if len(parts) >= 2 else path
-    return f"{name} ({short})"
 
 
 # --- scenarios --------------------------------------------------------------------------------

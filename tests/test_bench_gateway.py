@@ -11,7 +11,8 @@ import tomllib
 
 import pytest
 
-from bench.bench_gateway import dump_toml, summarise_profile
+from bench.bench_gateway import dump_toml
+from bench.profile import summarise_profile
 from tests.helpers import python_module
 
 pytestmark = pytest.mark.integration
