@@ -51,7 +51,10 @@ class DriftWatch:
         self._monitor: DriftMonitor | None = None
         self._version: str | None = None
         self._expected_rate = 0.0
-        self._flags: deque[bool] = deque(maxlen=cfg.alert_rate_window)
+        # (readings, anomalous) per scored batch, covering about the last
+        # alert_rate_window readings: per-batch bookkeeping, no per-reading loop.
+        self._batches: deque[tuple[int, int]] = deque()
+        self._seen = 0
         self._anomalous = 0
         self._firing = False
         self._next_check = 0.0
@@ -70,8 +73,8 @@ class DriftWatch:
         validation = (scorer.metadata.get("metrics") or {}).get("validation") or {}
         rate = validation.get("false_alarm_rate") or validation.get("alarm_rate") or 0.0
         self._expected_rate = float(rate)
-        self._flags.clear()
-        self._anomalous = 0
+        self._batches.clear()
+        self._seen = self._anomalous = 0
 
     def observe(self, scorer: Scorer, x: np.ndarray, flags: np.ndarray) -> None:
         if not self._cfg.enabled:
@@ -80,11 +83,14 @@ class DriftWatch:
             self._reset(scorer)
         if self._monitor is not None and len(x):
             self._monitor.update(x)
-        for flag in flags.tolist():
-            if len(self._flags) == self._flags.maxlen:
-                self._anomalous -= self._flags[0]
-            self._flags.append(flag)
-            self._anomalous += flag
+        n, k = len(flags), int(flags.sum())
+        self._batches.append((n, k))
+        self._seen += n
+        self._anomalous += k
+        while self._batches and self._seen - self._batches[0][0] >= self._cfg.alert_rate_window:
+            old_n, old_k = self._batches.popleft()
+            self._seen -= old_n
+            self._anomalous -= old_k
 
     def check(self, now: float, model_version: str) -> None:
         if not self._cfg.enabled or now < self._next_check:
@@ -99,10 +105,10 @@ class DriftWatch:
                 self._metrics.drift_psi.labels(feature).set(value)
             if report.count >= self._monitor.min_count:
                 drifting = [f for f, lvl in report.levels.items() if lvl == "alert"]
-        rate = self._anomalous / len(self._flags) if self._flags else 0.0
+        rate = self._anomalous / self._seen if self._seen else 0.0
         self._metrics.anomaly_rate.set(rate)
         limit = max(self._cfg.alert_rate_factor * self._expected_rate, self._cfg.alert_rate_min)
-        rate_high = len(self._flags) == self._flags.maxlen and rate > limit
+        rate_high = self._seen >= self._cfg.alert_rate_window and rate > limit
         firing = bool(drifting) or rate_high
         if firing == self._firing:
             return
