@@ -37,6 +37,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devstack.process import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = {"temperature_c": 62.0, "humidity_pct": 44.0, "sound_db": 76.0}
 _TIMING = re.compile(rb"server-timing: *app;dur=([0-9.]+)", re.IGNORECASE)
@@ -203,12 +205,6 @@ def measure_throughput(
 
 
 # --- servers -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -19,10 +20,37 @@ class ServiceError(RuntimeError):
     """A service did not start or become ready."""
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+    """A port nobody listens on, for a server that a child process binds later.
+
+    Asking the kernel for port 0 returns an *ephemeral* port, and between this call
+    and the child's bind any outgoing connection on the machine may take it (seen in
+    CI: "Address already in use"). So pick from below the ephemeral range, where the
+    kernel never assigns client ports, and never hand out the same port twice."""
+    low = max(_ephemeral_low(), 12000)
+    candidates = list(range(10000, low))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise ServiceError(f"no free port below {low} on {host}")
 
 
 def port_open(host: str, port: int, timeout_s: float = 0.2) -> bool:

@@ -332,6 +332,8 @@ def test_sighup_reloads_workers_gracefully(start_api, private_models):
     models, v1, v2 = private_models
     # Pointer checks off: only the SIGHUP may switch the model.
     server = start_api(models, "[model]\ncheck_interval_s = 0\n")
+    # A worker still booting when the pointer moves would load v2 without any SIGHUP.
+    _wait_for_workers(server)
     load = LoadGenerator(server, keep_alive=True).start()
     try:
         wait_until(lambda: load.count(v1) >= 100, 30, "requests served by the first model")

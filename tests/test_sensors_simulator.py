@@ -25,7 +25,7 @@ import pytest
 from common.mqtt import MqttSettings
 from contract import READING_SUBSCRIPTION, decode_reading, encode_reading, reading_topic
 from contract.fields import DEFAULT_FIELDS
-from devstack.process import wait_until
+from devstack.process import free_port, wait_until
 from sensors.dataset_writer import HEADER, write_dataset
 from sensors.faults import FAULT_TYPES, parse_fault_types
 from sensors.sim_publish import run_publish
@@ -37,12 +37,6 @@ TEMP, HUM, SOUND = "temperature_c", "humidity_pct", "sound_db"
 
 
 # --- a minimal Mosquitto config of its own: the ACL test below depends on it -----------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _accepts(port: int) -> bool:
@@ -57,7 +51,7 @@ def _accepts(port: int) -> bool:
 def run_mosquitto(run_dir: Path, extra_config: str = "") -> Iterator[int]:
     """Start mosquitto on a free port; yields the port once it accepts connections."""
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    port = _free_port()
+    port = free_port()
     run_dir.mkdir(parents=True, exist_ok=True)
     lines = [f"listener {port} 127.0.0.1", "allow_anonymous true", "persistence false"]
     if os.geteuid() == 0:
