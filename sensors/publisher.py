@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import threading
 import time
+from collections import Counter
 
 import paho.mqtt.client as mqtt
 
@@ -126,3 +127,37 @@ class ReadingPublisher:
             log.warning("%d readings not acknowledged by the broker at shutdown", self.pending)
         self._client.disconnect()
         self._client.loop_stop()
+
+
+@dataclasses.dataclass
+class DeliveryStats:
+    """What a publishing run handed to the broker and what the broker acknowledged."""
+
+    queued: int = 0  # handed to the publisher
+    published: int = 0  # acknowledged (accepted) by the broker
+    refused: int = 0  # broker answered with a failure reason code, or the outbox was full
+    unacknowledged: int = 0  # still without an answer when we gave up waiting
+    # Readings queued per (line, device); equal to the acknowledged ones when complete.
+    per_device: Counter[tuple[str, str]] = dataclasses.field(default_factory=Counter)
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def complete(self) -> bool:
+        """Every queued reading was acknowledged: per-device counts are exact."""
+        return self.published == self.queued and not (self.refused or self.unacknowledged)
+
+    def settle(
+        self,
+        publisher: ReadingPublisher,
+        flush_timeout_s: float,
+        stop: threading.Event,
+        began: float,
+    ) -> None:
+        """Stop the publisher (waiting up to ``flush_timeout_s`` for acks), then count."""
+        self.interrupted = stop.is_set()
+        publisher.stop(flush_timeout_s)
+        self.published = publisher.published
+        self.refused = publisher.refused + publisher.dropped
+        self.unacknowledged = publisher.pending
+        self.elapsed_s = time.monotonic() - began

@@ -29,7 +29,7 @@ from contract import encode_reading
 from sensors.cli_support import add_broker_args, broker_settings, stop_on_signals
 from sensors.csv_source import BadRows, CsvSource, SourceError, parse_field_map
 from sensors.pacing import Pacer, ms_after
-from sensors.publisher import ReadingPublisher
+from sensors.publisher import DeliveryStats, ReadingPublisher
 from sensors.sim_publish import wait_for_room
 
 log = logging.getLogger("sensors.replay")
@@ -40,21 +40,9 @@ GATEWAY_MAX_FUTURE_S = 300.0
 
 
 @dataclass
-class ReplayStats:
+class ReplayStats(DeliveryStats):
     rows: int = 0  # good rows read
-    queued: int = 0  # handed to the publisher
-    published: int = 0  # acknowledged (accepted) by the broker
-    refused: int = 0  # broker answered with a failure reason code, or the outbox was full
-    unacknowledged: int = 0
     bad: Counter[str] = field(default_factory=Counter)  # skipped rows per reason
-    # Rows queued per (line, device); equal to the acknowledged ones when complete.
-    per_device: Counter[tuple[str, str]] = field(default_factory=Counter)
-    elapsed_s: float = 0.0
-    interrupted: bool = False
-
-    @property
-    def complete(self) -> bool:
-        return self.published == self.queued and not (self.refused or self.unacknowledged)
 
 
 class _Clock:
@@ -168,12 +156,7 @@ def run_replay(
                 stats.per_device[key] += 1
             progress.advance()
     finally:
-        stats.interrupted = stop.is_set()
-        publisher.stop(flush_timeout_s)
-        stats.published = publisher.published
-        stats.refused = publisher.refused + publisher.dropped
-        stats.unacknowledged = publisher.pending
-        stats.elapsed_s = time.monotonic() - began
+        stats.settle(publisher, flush_timeout_s, stop, began)
     progress.done()
     return stats
 

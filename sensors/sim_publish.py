@@ -16,7 +16,7 @@ from common.progress import Progress
 from contract import encode_reading
 from sensors.dataset_writer import DatasetWriter
 from sensors.pacing import Pacer, ms_after
-from sensors.publisher import ReadingPublisher
+from sensors.publisher import DeliveryStats, ReadingPublisher
 from sensors.simulator import Simulator
 
 log = logging.getLogger(__name__)
@@ -27,24 +27,11 @@ _ROOM_POLL_S = 0.05
 
 
 @dataclass
-class PublishStats:
-    published: int = 0  # acknowledged (accepted) by the broker
-    queued: int = 0  # handed to the publisher
-    refused: int = 0  # broker answered with a failure reason code, or the outbox was full
-    unacknowledged: int = 0  # still without an answer when we gave up waiting
+class PublishStats(DeliveryStats):
     dropped: int = 0  # samples lost to dropout faults: never sent, by design
-    # Readings queued per (line, device); equal to the acknowledged ones when complete.
-    per_device: Counter[tuple[str, str]] = field(default_factory=Counter)
     # Queued readings per label (fault type or "none"), and fault episodes per type.
     labels: Counter[str] = field(default_factory=Counter)
     episodes: Counter[str] = field(default_factory=Counter)
-    elapsed_s: float = 0.0
-    interrupted: bool = False
-
-    @property
-    def complete(self) -> bool:
-        """Every queued reading was acknowledged: per-device counts are exact."""
-        return self.published == self.queued and not (self.refused or self.unacknowledged)
 
 
 def wait_for_room(publisher: ReadingPublisher, max_pending: int, stop: threading.Event) -> bool:
@@ -134,14 +121,9 @@ def run_publish(
             if count is not None and stats.queued >= count:
                 break
     finally:
-        stats.interrupted = stop.is_set()
-        publisher.stop(flush_timeout_s)
-        stats.published = publisher.published
-        stats.refused = publisher.refused + publisher.dropped
-        stats.unacknowledged = publisher.pending
+        stats.settle(publisher, flush_timeout_s, stop, began)
         stats.dropped = run.dropped
         stats.episodes = run.episodes
-        stats.elapsed_s = time.monotonic() - began
     progress.done()
     return stats
 
