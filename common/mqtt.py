@@ -16,11 +16,6 @@ from common.config import read_secret
 
 log = logging.getLogger(__name__)
 
-# Socket reads are buffered this much at a time (see BufferedReads).
-_READ_BUFFER = 65536
-# Packets read from the buffer per select() before paho writes and keeps alive again.
-_MAX_PACKETS_PER_WAKEUP = 1000
-
 
 @dataclass(frozen=True)
 class MqttSettings:
@@ -54,51 +49,14 @@ class MqttSettings:
             raise ValueError("need 0 < reconnect_min_s <= reconnect_max_s")
 
 
-class BufferedReads:
-    """The client's socket, with reads served from one large ``recv``.
-
-    paho reads every packet with three or four ``recv`` calls (command byte, length
-    bytes, body), so a subscriber pays several system calls per message.  paho already
-    knows sockets that hold data select() cannot see (TLS): it asks ``pending()`` and
-    does not wait while it is non-zero.  This wrapper uses that same contract.
-    """
-
-    def __init__(self, sock: socket.socket | ssl.SSLSocket):
-        self.raw = sock
-        self._buf = b""
-        self._pos = 0
-
-    def recv(self, bufsize: int) -> bytes:
-        if self._pos >= len(self._buf):
-            # May raise BlockingIOError / SSLWantReadError: paho handles both.
-            self._buf = self.raw.recv(max(bufsize, _READ_BUFFER))
-            self._pos = 0
-        chunk = self._buf[self._pos : self._pos + bufsize]
-        self._pos += len(chunk)
-        return chunk
-
-    def pending(self) -> int:
-        inner = self.raw.pending() if isinstance(self.raw, ssl.SSLSocket) else 0
-        return len(self._buf) - self._pos + inner
-
-    def __getattr__(self, name: str):
-        # send, fileno, close, setsockopt ... go to the real socket.
-        return getattr(self.raw, name)
-
-
 class Client(mqtt.Client):
     """paho's client with a cheaper receive path, for thousands of messages a second.
 
-    Two costs measured with py-spy in the gateway (``bench.bench_gateway --profile gil``):
-
-    - For a pure subscriber paho reads a single packet per ``select()`` (its budget is
-      the number of messages *it* has in flight), and each packet with 3-4 ``recv``
-      calls.  Here reads are buffered and the buffer is drained per wake-up, bounded so
-      that writes (acks, alerts) and keep-alives still run.
-    - For every MQTT 5 PUBLISH paho builds and clears a full ``Properties`` object:
-      17 % of the gateway's interpreter time.  Sensors send no properties, so a PUBLISH
-      whose property length is 0 is decoded here; anything else takes paho's own path.
-      Such a message has ``properties = None``.
+    For every MQTT 5 PUBLISH paho builds and clears a full ``Properties`` object: 17 %
+    of the gateway's interpreter time (``bench.bench_gateway --profile gil``).  Sensors
+    send no properties, so a PUBLISH whose property length is 0 is decoded here;
+    anything else (QoS 2, properties, a malformed packet) takes paho's own path.  Such a
+    message has ``properties = None``.
     """
 
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
@@ -123,18 +81,6 @@ class Client(mqtt.Client):
         if qos == 1 and not self._manual_ack:
             return self._send_puback(mid)
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-
-    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
-        sock = self._sock
-        if sock is not None and not isinstance(sock, BufferedReads):
-            # Safe at any moment: paho reads exact lengths, so nothing is in flight.
-            self._sock = sock = BufferedReads(sock)  # type: ignore[assignment]
-        rc = mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-        for _ in range(_MAX_PACKETS_PER_WAKEUP):
-            rc = super().loop_read(max_packets)
-            if rc or not isinstance(self._sock, BufferedReads) or not self._sock.pending():
-                break
-        return rc
 
 
 def make_client(
