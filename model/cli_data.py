@@ -1,0 +1,392 @@
+"""``python -m model`` commands that read a CSV: train, compare, evaluate, score."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.progress import Progress
+from model.artifact import read_metadata, save_artifact
+from model.cli_support import (
+    AUTO_FAULT_COLUMN,
+    AUTO_LABEL_COLUMN,
+    SCORE_CHUNK_ROWS,
+    config_of,
+    emit,
+    estimate_rows,
+    format_metrics,
+    model_path_of,
+    models_dir_of,
+    output_dir_for,
+    pick,
+    summary_lines,
+    write_atomic_text,
+)
+from model.compare import compare, format_table
+from model.dataset import (
+    CsvSource,
+    Dataset,
+    DatasetError,
+    auto_group_columns,
+    canonical_feature,
+    default_features,
+    fault_labels,
+    load_csv,
+)
+from model.metrics import evaluate
+from model.scorer import Scorer, load_scorer
+from model.stream_features import OutOfOrderReading, RollingWindow
+from model.training import train
+
+_LOG = logging.getLogger(__name__)
+
+
+def _train_options(args: argparse.Namespace) -> dict[str, Any]:
+    t = config_of(args).train
+    return {
+        "random_state": pick(args.seed, t.seed),
+        "validation_fraction": pick(args.validation_fraction, t.validation_fraction),
+        "test_fraction": pick(args.test_fraction, t.test_fraction),
+        "fit_on": pick(args.fit_on, t.fit_on),
+        "contamination": pick(args.contamination, t.contamination),
+        "max_false_alarm_rate": pick(args.max_false_alarm_rate, t.max_false_alarm_rate),
+        "envelope_weight": pick(args.envelope_weight, t.envelope_weight),
+    }
+
+
+def _header(path: Path, delimiter: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            row = next(csv.reader(fh, delimiter=delimiter), None)
+    except FileNotFoundError:
+        raise DatasetError(f"CSV file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DatasetError(f"cannot read the header of {path}: {exc}") from None
+    if row is None:
+        raise DatasetError(f"{path.name}: file is empty (no header line)")
+    return [h.strip() for h in row]
+
+
+def _load_training_csv(
+    args: argparse.Namespace, features: list[str] | None, label: str | None, fault: str | None
+) -> Dataset:
+    progress = Progress(None, "loading", _LOG)
+    dataset = load_csv(
+        args.csv,
+        features=features,
+        delimiter=args.delimiter,
+        timestamp_column=args.timestamp_column,
+        label_column=label,
+        fault_column=fault,
+        drop_invalid=args.drop_invalid,
+        group_columns=args.device_columns,
+    )
+    progress.advance(len(dataset))
+    progress.done()
+    if dataset.y is None and dataset.faults is not None:
+        # A fault-type column is a label column too: "none"/"normal"/"" = normal.
+        dataset = dataclasses.replace(
+            dataset, y=fault_labels(dataset.faults), label_column=dataset.fault_column
+        )
+    return dataset
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    t = config_of(args).train
+    detector = args.detector or t.detector
+    features = args.features or (list(t.features) or None)
+    dataset = _load_training_csv(args, features, args.label_column, args.fault_column)
+    pipeline, metadata = train(
+        dataset,
+        detector=detector,
+        params={**t.detector_params(detector), **dict(args.param)},
+        **_train_options(args),
+    )
+    models_dir = models_dir_of(args)
+    version_dir = save_artifact(models_dir, pipeline, metadata, activate=not args.no_activate)
+    meta = read_metadata(version_dir)
+    emit(f"saved {version_dir}{'' if args.no_activate else ' (active)'}")
+    for line in summary_lines(meta):
+        emit(line)
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    t = config_of(args).train
+    if args.features and args.feature_sets:
+        raise DatasetError("give --features or --feature-sets, not both")
+    sets = args.feature_sets or [args.features or list(t.features) or default_features()]
+    sets = [[canonical_feature(f) for f in names] for names in sets]
+    union = list(dict.fromkeys(f for names in sets for f in names))
+    label, fault = args.label_column, args.fault_column
+    if label is None and fault is None:
+        header = _header(args.csv, args.delimiter)
+        label = AUTO_LABEL_COLUMN if AUTO_LABEL_COLUMN in header else None
+        fault = AUTO_FAULT_COLUMN if AUTO_FAULT_COLUMN in header else None
+        if label is None and fault is None:
+            raise DatasetError(
+                f"{args.csv.name}: compare needs labels; pass --label-column or --fault-column"
+            )
+    dataset = _load_training_csv(args, union, label, fault)
+    if dataset.y is None:
+        raise DatasetError(f"{args.csv.name}: compare needs labels")
+    runs = compare(
+        dataset,
+        args.detectors,
+        sets,
+        params={d: t.detector_params(d) for d in args.detectors},
+        **_train_options(args),
+    )
+    skipped = []
+    if dataset.rows_warmup:
+        skipped.append(f"{dataset.rows_warmup} warm-up")
+    if dataset.rows_duplicate:
+        skipped.append(f"{dataset.rows_duplicate} duplicate")
+    if dataset.rows_dropped:
+        skipped.append(f"{dataset.rows_dropped} invalid")
+    emit(
+        f"data {args.csv.name}: {len(dataset)} rows, {int(dataset.y.sum())} anomalies"
+        + (f" ({', '.join(skipped)} rows left out)" if skipped else "")
+        + f"; same split for every run (seed {_train_options(args)['random_state']})"
+    )
+    if len(sets) > 1:
+        for i, names in enumerate(sets, start=1):
+            emit(f"  [{i}] {','.join(names)}")
+    else:
+        emit(f"features {','.join(sets[0])}")
+    emit()
+    for line in format_table(runs):
+        emit(line)
+    if args.out:
+        body = {
+            "source": args.csv.name,
+            "rows": len(dataset),
+            "label_column": label,
+            "fault_column": fault,
+            "rows_warmup": dataset.rows_warmup,
+            "runs": [r.to_dict() for r in runs],
+        }
+        write_atomic_text(args.out, json.dumps(body, indent=2) + "\n")
+        emit(f"\nresults written to {args.out}")
+    return 0
+
+
+def _label_columns(args: argparse.Namespace, meta: dict[str, Any], header: Sequence[str]):
+    """Explicit options win; otherwise reuse the training columns if this CSV has them."""
+    training = meta.get("training", {})
+    label, fault = args.label_column, args.fault_column
+    if label is None and training.get("label_column") in header:
+        label = training["label_column"]
+    if fault is None and training.get("fault_column") in header:
+        fault = training["fault_column"]
+    return label, fault
+
+
+def _score_dataset(scorer: Scorer, X: np.ndarray) -> np.ndarray:
+    parts = [scorer.score(X[i : i + SCORE_CHUNK_ROWS]) for i in range(0, len(X), SCORE_CHUNK_ROWS)]
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    scorer = load_scorer(model_path_of(args))
+    header = _header(args.csv, args.delimiter)
+    label, fault = _label_columns(args, scorer.metadata, header)
+    if label is None and fault is None:
+        raise DatasetError(
+            f"{args.csv.name}: evaluate needs labels; pass --label-column or --fault-column"
+        )
+    warmup = 0
+    if scorer.stream.has_derived:
+        # Windows need each device's whole history in time order: load it at once.
+        data = load_csv(
+            args.csv,
+            features=list(scorer.features),
+            delimiter=args.delimiter,
+            label_column=label,
+            fault_column=fault,
+            drop_invalid=args.drop_invalid,
+            timestamp_column=args.timestamp_column,
+            group_columns=args.device_columns,
+        )
+        all_scores = _score_dataset(scorer, data.X)
+        all_labels = data.y if data.y is not None else fault_labels(data.faults)
+        all_faults = data.faults
+        dropped, warmup = data.rows_dropped + data.rows_duplicate, data.rows_warmup
+    else:
+        all_scores, all_labels, all_faults, dropped = _evaluate_streamed(args, scorer, label, fault)
+    metrics = evaluate(all_scores, all_labels, scorer.threshold, faults=all_faults)
+    metrics["model"] = scorer.version
+    metrics["source"] = args.csv.name
+    metrics["label_column"] = label
+    metrics["fault_column"] = fault
+    metrics["rows_dropped"] = dropped
+    metrics["rows_warmup"] = warmup
+    support = metrics["support"]
+    emit(f"model {scorer.version} ({scorer.detector}), threshold {scorer.threshold:.4f}")
+    emit(
+        f"data  {args.csv.name}: {support['rows']} rows, {support['anomalies']} anomalies"
+        + (f", {dropped} invalid rows dropped" if dropped else "")
+        + (f", {warmup} warm-up rows not scored" if warmup else "")
+    )
+    emit()
+    for line in format_metrics(metrics):
+        emit(line)
+    if args.out:
+        write_atomic_text(args.out, json.dumps(metrics, indent=2) + "\n")
+        emit(f"\nmetrics written to {args.out}")
+    return 0
+
+
+def _evaluate_streamed(
+    args: argparse.Namespace, scorer: Scorer, label: str | None, fault: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    scores, labels, faults = [], [], []
+    dropped = 0
+    with (
+        CsvSource(
+            args.csv,
+            features=list(scorer.features),
+            delimiter=args.delimiter,
+            label_column=label,
+            fault_column=fault,
+        ) as source,
+        Progress(estimate_rows(args.csv), "evaluating", _LOG) as progress,
+    ):
+        for chunk in source.chunks(drop_invalid=args.drop_invalid):
+            scores.append(scorer.score(chunk.X))
+            labels.append(chunk.y if chunk.y is not None else fault_labels(chunk.faults))
+            if chunk.faults is not None:
+                faults.append(chunk.faults)
+            dropped += chunk.dropped
+            progress.advance(len(chunk.rows))
+    if not scores:
+        raise DatasetError(f"{args.csv.name}: no data rows")
+    return (
+        np.concatenate(scores),
+        np.concatenate(labels),
+        np.concatenate(faults) if faults else None,
+        dropped,
+    )
+
+
+def _unique_column(header: Sequence[str], name: str) -> str:
+    # A labelled input often already has "is_anomaly": keep it, add ours beside it.
+    while name in header:
+        name = f"{name}_pred"
+    return name
+
+
+class _StreamScores:
+    """Stream-feature models in ``score``: the gateway's per-device windows, in file order."""
+
+    def __init__(self, scorer: Scorer):
+        self.scorer = scorer
+        self.windows: dict[str, RollingWindow] = {}
+        self.warmup = 0
+        self.out_of_order = 0
+
+    def chunk(self, chunk: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(scores with NaN where none, flagged) for the chunk's kept rows."""
+        fields = self.scorer.raw_fields
+        rows = np.full((len(chunk.kept), len(self.scorer.features)), np.nan)
+        ready = np.zeros(len(chunk.kept), dtype=bool)
+        for j in range(len(chunk.kept)):
+            key = str(chunk.groups[j])
+            window = self.windows.get(key)
+            if window is None:
+                window = self.windows[key] = self.scorer.new_window()
+            values = dict(zip(fields, chunk.X[j].tolist(), strict=True))
+            try:
+                row = window.update(int(chunk.ts_ns[j]), values)
+            except OutOfOrderReading:
+                self.out_of_order += 1
+                continue
+            if row is None:
+                self.warmup += 1
+                continue
+            rows[j], ready[j] = row, True
+        scores = np.full(len(chunk.kept), np.nan)
+        if ready.any():
+            scores[ready] = self.scorer.score(rows[ready])
+        return scores, ready & (scores >= self.scorer.threshold)
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    if args.chunk_rows < 1:
+        raise DatasetError("--chunk-rows must be >= 1")
+    output_dir_for(args.out)  # fail before loading the model
+    scorer = load_scorer(model_path_of(args))
+    flagged = total = dropped = 0
+    stream = _StreamScores(scorer) if scorer.stream.has_derived else None
+    if stream is None:
+        options: dict[str, Any] = {"features": list(scorer.features)}
+    else:
+        options = {
+            "features": list(scorer.raw_fields),
+            "timestamp_column": args.timestamp_column or "ts",
+            "group_columns": args.device_columns
+            or auto_group_columns(args.csv, args.delimiter, list(scorer.raw_fields)),
+            "parse_ts": True,
+        }
+    with CsvSource(args.csv, delimiter=args.delimiter, **options) as source:
+        header = list(source.header)
+        score_col = _unique_column(header, "score")
+        flag_col = _unique_column([*header, score_col], "is_anomaly")
+        if (score_col, flag_col) != ("score", "is_anomaly"):
+            _LOG.warning("input already has score/is_anomaly; writing %s, %s", score_col, flag_col)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{args.out.name}.", dir=output_dir_for(args.out))
+        try:
+            with (
+                os.fdopen(fd, "w", encoding="utf-8", newline="") as fh,
+                Progress(estimate_rows(args.csv), "scoring", _LOG) as progress,
+            ):
+                writer = csv.writer(fh, delimiter=args.delimiter)
+                writer.writerow([*header, score_col, flag_col])
+                for chunk in source.chunks(args.chunk_rows, drop_invalid=args.drop_invalid):
+                    if stream is None:
+                        scores = scorer.score(chunk.X)
+                        alerts = scorer.is_anomaly(scores)
+                    else:
+                        scores, alerts = stream.chunk(chunk)
+                    writer.writerows(
+                        [*chunk.rows[i], *_score_cells(s, a)]
+                        for i, s, a in zip(chunk.kept, scores, alerts, strict=True)
+                    )
+                    flagged += int(alerts.sum())
+                    total += int(np.count_nonzero(np.isfinite(scores)))
+                    dropped += chunk.dropped
+                    progress.advance(len(chunk.rows))
+            os.chmod(tmp_name, 0o644)
+            os.replace(tmp_name, args.out)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+    rate = 100.0 * flagged / total if total else 0.0
+    unscored = ""
+    if stream is not None and (stream.warmup or stream.out_of_order):
+        unscored = (
+            f", {stream.warmup} warm-up and {stream.out_of_order} out-of-order rows left unscored"
+        )
+    emit(
+        f"scored {total} rows with model {scorer.version}: {flagged} anomalies ({rate:.2f}%)"
+        + (f", {dropped} invalid rows dropped" if dropped else "")
+        + unscored
+        + f" -> {args.out}"
+    )
+    return 0
+
+
+def _score_cells(score: float, alert: bool) -> tuple[str, str]:
+    if not np.isfinite(score):
+        return "", ""
+    return f"{score:.6f}", "1" if alert else "0"

@@ -1,0 +1,187 @@
+"""Shared pieces of the ``python -m model`` commands: argument types, settings, output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from model.config import ModelConfig
+from model.dataset import DatasetError
+from model.detectors import DETECTORS
+
+SCORE_CHUNK_ROWS = 5_000
+# Labelled simulator CSVs (python -m sensors.simulate --csv) use these columns.
+AUTO_LABEL_COLUMN = "is_anomaly"
+AUTO_FAULT_COLUMN = "fault"
+
+
+def emit(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def delimiter_arg(value: str) -> str:
+    named = {"\\t": "\t", "tab": "\t", "comma": ",", "semicolon": ";", "pipe": "|"}
+    value = named.get(value.lower(), value)
+    if len(value) != 1:
+        raise argparse.ArgumentTypeError(f"delimiter must be one character, got {value!r}")
+    return value
+
+
+def features_arg(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("--features needs at least one column name")
+    return names
+
+
+def feature_sets_arg(value: str) -> list[list[str]]:
+    sets = [features_arg(part) for part in value.split(";") if part.strip()]
+    if not sets:
+        raise argparse.ArgumentTypeError("--feature-sets needs at least one feature list")
+    return sets
+
+
+def detectors_arg(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in DETECTORS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown detector(s) {unknown}; available: {sorted(DETECTORS)}"
+        )
+    return names
+
+
+def time_arg(value: str) -> int:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {value!r}") from None
+    if parsed.tzinfo is None:
+        raise argparse.ArgumentTypeError("give a UTC offset, e.g. 2026-11-01T00:00:00Z")
+    return (parsed - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+
+
+def param_arg(value: str) -> tuple[str, Any]:
+    key, sep, raw = value.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {value!r}")
+    try:
+        parsed = json.loads(raw)  # numbers, true/false, null
+    except json.JSONDecodeError:
+        parsed = raw
+    return key.strip(), parsed
+
+
+def format_value(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def estimate_rows(path: Path) -> int | None:
+    """Data rows from a newline count: fast, exact unless fields hold newlines."""
+    try:
+        with open(path, "rb") as fh:
+            lines = sum(block.count(b"\n") for block in iter(lambda: fh.read(1 << 20), b""))
+    except OSError:
+        return None
+    return max(lines - 1, 0) or None
+
+
+def config_of(args: argparse.Namespace) -> ModelConfig:
+    return args.cfg
+
+
+def models_dir_of(args: argparse.Namespace) -> Path:
+    return args.models_dir if args.models_dir is not None else Path(config_of(args).models_dir)
+
+
+def model_path_of(args: argparse.Namespace) -> Path:
+    return args.model if args.model is not None else models_dir_of(args) / "current"
+
+
+def pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def output_dir_for(path: Path) -> Path:
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise DatasetError(f"output directory does not exist: {parent}")
+    return parent
+
+
+def write_atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=output_dir_for(path))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def format_metrics(metrics: dict[str, Any]) -> list[str]:
+    support = metrics["support"]
+    lines = [
+        f"  precision         {format_value(metrics['precision'])}",
+        f"  recall            {format_value(metrics['recall'])}",
+        f"  F1                {format_value(metrics['f1'])}",
+        f"  ROC-AUC           {format_value(metrics['roc_auc'])}",
+        f"  false-alarm rate  {format_value(metrics['false_alarm_rate'], 4)}"
+        f"  ({support['fp']} of {support['normal']} normal readings)",
+        f"  anomalies caught  {support['tp']} of {support['anomalies']}",
+    ]
+    per_fault = metrics.get("per_fault")
+    if per_fault:
+        width = max(12, *(len(name) for name in per_fault))
+        lines.append("")
+        lines.append(f"  {'fault':<{width}}  {'rows':>7}  recall")
+        for name, row in sorted(per_fault.items()):
+            lines.append(f"  {name:<{width}}  {row['n']:>7}  {format_value(row['recall'])}")
+    return lines
+
+
+def summary_lines(meta: dict[str, Any], active: str | None = None) -> list[str]:
+    training = meta.get("training", {})
+    features = ", ".join(
+        f"{f['name']} [{f['unit']}]" if f.get("unit") else f["name"] for f in meta["features"]
+    )
+    marker = " (active)" if active and active == meta.get("version") else ""
+    lines = [
+        f"version    {meta.get('version')}{marker}",
+        f"detector   {meta.get('detector')} {json.dumps(meta.get('params', {}))}",
+        f"features   {features}",
+        f"threshold  {meta.get('threshold'):.4f}",
+        f"created    {meta.get('created_at')}",
+        f"trained on {training.get('source')}: {training.get('rows')} rows "
+        f"(fit on {training.get('fit_on')}), sha256 {str(training.get('data_sha256'))[:12]}",
+    ]
+    stream = meta.get("stream_features")
+    if stream:
+        windows = ", ".join(f"{k} {v}" for k, v in stream["window"].items())
+        lines.append(
+            f"windows    per device, last N readings: {windows} "
+            f"(warm-up {stream['warmup_readings']} readings)"
+        )
+    retrain = meta.get("retrain")
+    if retrain:
+        verdict = "not worse" if retrain.get("not_worse") else "worse"
+        lines.append(
+            f"retrained  from InfluxDB {retrain['history']['database']}: "
+            f"{retrain['history']['train']} readings; {verdict} than "
+            f"{(retrain.get('compared_with') or {}).get('version', 'no model')}"
+        )
+    test = (meta.get("metrics") or {}).get("test")
+    if test and "f1" in test:
+        lines.append("test metrics:")
+        lines.extend(format_metrics(test))
+    elif test:
+        lines.append(f"test alarm rate {format_value(test.get('alarm_rate'), 4)} (unlabelled)")
+    return lines

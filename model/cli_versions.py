@@ -1,0 +1,215 @@
+"""``python -m model`` commands over the models directory: retrain, rollback, list,
+activate, info."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import time
+from datetime import UTC, datetime
+
+from model.artifact import (
+    ModelError,
+    activate,
+    active_version,
+    list_versions,
+    read_metadata,
+    resolve,
+    rollback,
+    rollback_target,
+)
+from model.cli_support import (
+    config_of,
+    emit,
+    format_value,
+    models_dir_of,
+    pick,
+    summary_lines,
+    write_atomic_text,
+)
+from model.dataset import canonical_feature, default_features
+from model.detectors import DETECTORS
+from model.retrain import RetrainError, RetrainReport, RetrainRequest, run_retrain
+from model.scorer import load_scorer
+
+_LOG = logging.getLogger(__name__)
+
+
+def _retrain_request(args: argparse.Namespace) -> RetrainRequest:
+    cfg = config_of(args)
+    settings = cfg.retrain
+    overrides = {
+        key: value
+        for key, value in (("influx_url", args.influx_url), ("database", args.database))
+        if value is not None
+    }
+    settings = dataclasses.replace(settings, **overrides)
+    until = args.until if args.until is not None else time.time_ns()
+    since = args.since if args.since is not None else until - int(settings.lookback_s * 1e9)
+    if since >= until:
+        raise RetrainError("--since must be before --until")
+    features = tuple(canonical_feature(f) for f in args.features) if args.features else None
+    return RetrainRequest(
+        models_dir=models_dir_of(args),
+        since_ns=since,
+        until_ns=until,
+        settings=settings,
+        detector=args.detector,
+        default_detector=cfg.train.detector,
+        detector_settings={d: cfg.train.detector_params(d) for d in DETECTORS},
+        params=dict(args.param),
+        features=features,
+        default_features=tuple(cfg.train.features) or tuple(default_features()),
+        line=args.line,
+        device_regex=args.device_regex,
+        force=args.force,
+        seed=pick(args.seed, cfg.train.seed),
+        envelope_weight=cfg.train.envelope_weight,
+        labelled_csv=args.labelled_csv,
+        label_column=args.label_column,
+        fault_column=args.fault_column,
+    )
+
+
+def _iso_ns(ts_ns: int) -> str:
+    return datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).isoformat(timespec="seconds")[:19] + "Z"
+
+
+def format_retrain(report: RetrainReport) -> list[str]:
+    h = report.history
+    where = f"database {h['database']}"
+    if h["line"]:
+        where += f", line {h['line']}"
+    if h["device_regex"]:
+        where += f", devices /{h['device_regex']}/"
+    lines = [
+        f"history    {_iso_ns(h['since_ns'])} .. {_iso_ns(h['until_ns'])}, {where}",
+        f"           {h['readings']} readings from {h['devices']} devices; excluded: "
+        f"{h['anomalous']} flagged anomalous, {h['near_sensor_fault_only']} more near sensor "
+        f"faults (+-{h['fault_margin_s']:g} s), {h['window_touched']} with an excluded "
+        f"reading in their window, {h['warmup']} warm-up",
+        f"           trained on {h['train']} readings before {_iso_ns(h['holdout_from_ns'])}, "
+        f"held out {h['holdout']} from then on",
+        "",
+    ]
+    models = [m for m in (report.active, report.candidate) if m is not None]
+    names = ["active", "candidate"] if report.active else ["candidate"]
+    width = max(26, *(len(m.version) + 2 for m in models))
+    rows: list[tuple[str, list[str]]] = [
+        ("", names),
+        ("version", [m.version for m in models]),
+        ("detector", [m.detector for m in models]),
+        ("threshold", [f"{m.threshold:.4f}" for m in models]),
+        (
+            "held-out false-alarm rate",
+            [format_value(m.holdout["false_alarm_rate"], 4) for m in models],
+        ),
+        ("held-out flap rate", [format_value(m.holdout["flap_rate"], 4) for m in models]),
+        (
+            "held-out mean |score change|",
+            [format_value(m.holdout["mean_abs_score_change"], 4) for m in models],
+        ),
+        ("held-out score p99", [format_value(m.holdout["score_p99"], 4) for m in models]),
+    ]
+    if report.candidate.labelled is not None:
+        for key, label in (
+            ("precision", "labelled precision"),
+            ("recall", "labelled recall"),
+            ("f1", "labelled F1"),
+            ("false_alarm_rate", "labelled false-alarm rate"),
+        ):
+            rows.append((label, [format_value((m.labelled or {}).get(key), 4) for m in models]))
+    for label, cells in rows:
+        lines.append((f"{label:<30}" + "".join(f"{c:<{width}}" for c in cells)).rstrip())
+    lines.append("")
+    lines.append('"not worse" checks:')
+    for check in report.checks:
+        mark = "ok  " if check["ok"] else "FAIL"
+        if check["rule"]:
+            lines.append(
+                f"  [{mark}] {check['check']}: candidate {format_value(check['candidate'], 4)}, "
+                f"active {format_value(check['active'], 4)} ({check['rule']})"
+            )
+        else:
+            lines.append(f"  [{mark}] {check['check']}")
+    candidate = report.candidate.version
+    if report.promoted and report.forced:
+        lines.append(f"decision: promoted {candidate} by --force although it is worse")
+    elif report.promoted:
+        was = f" (was {report.previous})" if report.previous else ""
+        lines.append(f"decision: promoted {candidate}{was}")
+    else:
+        lines.append(
+            f"decision: kept {report.previous}; candidate saved as {candidate}, not activated "
+            f"(activate it with `python -m model activate {candidate}`)"
+        )
+    return lines
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    report = run_retrain(_retrain_request(args))
+    for line in format_retrain(report):
+        emit(line)
+    if args.out:
+        write_atomic_text(args.out, json.dumps(report.to_dict(), indent=2, default=str) + "\n")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    models_dir = models_dir_of(args)
+    target = rollback_target(models_dir)
+    # Load it first: rolling back to a model the gateway cannot load would take it down.
+    load_scorer(models_dir / target)
+    was, now = rollback(models_dir)
+    emit(f"rolled back: active model is now {now} (was {was})")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    models_dir = models_dir_of(args)
+    versions = list_versions(models_dir)
+    if not versions:
+        emit(f"no model versions in {models_dir}")
+        return 0
+    active = active_version(models_dir)
+    emit(f"  {'version':<28} {'created':<21} {'detector':<17} {'threshold':>9} {'test F1':>8}")
+    for version in versions:
+        try:
+            meta = read_metadata(models_dir / version)
+        except ModelError as exc:
+            emit(f"  {version:<28} unreadable: {exc}")
+            continue
+        test = (meta.get("metrics") or {}).get("test") or {}
+        mark = "*" if version == active else " "
+        emit(
+            f"{mark} {version:<28} {meta.get('created_at', '?'):<21} "
+            f"{meta.get('detector', '?'):<17} {meta.get('threshold', float('nan')):>9.4f} "
+            f"{format_value(test.get('f1')):>8}"
+        )
+    if active is None:
+        emit("no active model ('current' is not set)")
+    return 0
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    models_dir = models_dir_of(args)
+    # Load it first: activating a model the gateway cannot load would take it down.
+    load_scorer(models_dir / args.version)
+    activate(models_dir, args.version)
+    emit(f"active model is now {args.version}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    version_dir = resolve(args.model if args.model else models_dir_of(args))
+    meta = read_metadata(version_dir)
+    if args.json:
+        emit(json.dumps(meta, indent=2))
+        return 0
+    models_dir = version_dir.parent
+    for line in summary_lines(meta, active_version(models_dir)):
+        emit(line)
+    emit(f"path       {version_dir}")
+    return 0
