@@ -9,7 +9,6 @@ is already received, flush writes (which acknowledges them), publish the retaine
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +16,7 @@ from collections.abc import Callable
 from contract import READING_SUBSCRIPTION
 from gateway.cluster.coordinator import Coordinator
 from gateway.config import GatewayConfig
+from gateway.inbox import Inbox
 from gateway.intake import Message, MqttIntake, ack_all
 from gateway.lineprotocol import encode_point
 from gateway.metrics import GatewayMetrics
@@ -66,7 +66,7 @@ class Gateway:
         if self._spool is not None:
             self.metrics.count_spooled(0, self._spool)
         # Bounded by flow control: at most receive_maximum QoS 1 messages are in flight.
-        self._inbox: queue.Queue[Message] = queue.Queue(maxsize=2 * cfg.mqtt.receive_maximum)
+        self._inbox: Inbox[Message] = Inbox(capacity=2 * cfg.mqtt.receive_maximum)
         self.cluster: Coordinator | None = None
         subscriptions: tuple[str, ...] = (READING_SUBSCRIPTION, SILENCE_SUBSCRIPTION)
         if cfg.cluster.enabled:

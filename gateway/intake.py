@@ -9,7 +9,6 @@ anything not acknowledged when we crash is redelivered through the persistent se
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from common.mqtt import MqttSettings, disable_nagle, make_client, start
 from contract import status_topic
 from contract.payloads import OFFLINE, ONLINE
+from gateway.inbox import Inbox
 from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ class MqttIntake:
         settings: MqttSettings,
         gateway_id: str,
         subscriptions: tuple[str, ...],
-        inbox: queue.Queue[Message],
+        inbox: Inbox[Message],
         metrics: GatewayMetrics,
     ):
         self._settings = settings
@@ -71,10 +71,11 @@ class MqttIntake:
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
+        self._client.on_plain_message = self._on_plain_message
         self._client.on_subscribe = self._on_subscribe
         self._accepting = True
-        # Optional hook that takes messages which are not for the inbox.
-        self._route: Callable[[mqtt.MQTTMessage], bool] | None = None
+        # Optional hook (topic, payload) that takes messages which are not for the inbox.
+        self._route: Callable[[str, bytes], bool] | None = None
 
     def start(self) -> None:
         # clean_start=False: resume our persistent session and get what was queued
@@ -119,18 +120,24 @@ class MqttIntake:
             log.warning("disconnected from broker (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        # Messages with MQTT 5 properties; all others arrive at _on_plain_message.
+        self._on_plain_message(client, msg.topic, msg.payload, msg.mid, msg.qos)
+
+    def _on_plain_message(
+        self, client: mqtt.Client, topic: str, payload: bytes, mid: int, qos: int
+    ) -> None:
         if not self._accepting:
             return  # shutting down: leave it unacknowledged, the broker redelivers
+        if self._route is not None and self._route(topic, payload):
+            return  # handled elsewhere (cluster membership); nothing to acknowledge later
         # Blocks only if the inbox is full, which flow control (Receive Maximum)
         # prevents for QoS 1; it throttles a QoS 0 flood instead of growing memory.
-        if self._route is not None and self._route(msg):
-            return  # handled elsewhere (cluster membership); nothing to acknowledge later
-        self._inbox.put(Message(msg.topic, msg.payload, msg.mid, msg.qos, time.time_ns(), client))
+        self._inbox.put(Message(topic, payload, mid, qos, time.time_ns(), client))
 
     def stop_accepting(self) -> None:
         self._accepting = False
 
-    def set_router(self, route: Callable[[mqtt.MQTTMessage], bool]) -> None:
+    def set_router(self, route: Callable[[str, bytes], bool]) -> None:
         self._route = route
 
     def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:

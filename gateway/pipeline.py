@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +22,7 @@ from gateway.alerts import AlertTracker
 from gateway.config import GatewayConfig
 from gateway.drift_watch import DriftWatch
 from gateway.features import FeatureBuilder
+from gateway.inbox import Inbox
 from gateway.intake import Message
 from gateway.lineprotocol import ReadingEncoder
 from gateway.metrics import GatewayMetrics
@@ -40,7 +40,7 @@ class Processor(threading.Thread):
     def __init__(
         self,
         cfg: GatewayConfig,
-        inbox: queue.Queue[Message],
+        inbox: Inbox[Message],
         scorer: Callable[[], Scorer],
         writer: Writer,
         publish: Callable[[str, bytes, bool], None],
@@ -84,24 +84,8 @@ class Processor(threading.Thread):
         return self._limits_for[1]
 
     def _collect(self) -> list[Message]:
-        try:
-            first = self._inbox.get(timeout=0.1)
-        except queue.Empty:
-            return []
-        batch = [first]
         pc = self._cfg.pipeline
-        deadline = time.monotonic() + pc.batch_max_wait_ms / 1000
-        while len(batch) < pc.batch_max:
-            remaining = deadline - time.monotonic()
-            try:
-                batch.append(
-                    self._inbox.get(timeout=remaining)
-                    if remaining > 0
-                    else self._inbox.get_nowait()
-                )
-            except queue.Empty:
-                break
-        return batch
+        return self._inbox.take(pc.batch_max, pc.batch_max_wait_ms / 1000, idle_wait_s=0.1)
 
     def run(self) -> None:
         while True:

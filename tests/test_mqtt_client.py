@@ -43,8 +43,10 @@ def _fields(msg: mqtt.MQTTMessage) -> tuple:
     return (msg.topic, msg.payload, msg.qos, msg.mid, msg.dup, msg.retain)
 
 
-# MQTT strings: UTF-8 without NUL (paho refuses to pack one).
-mqtt_text = st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=80)
+# MQTT strings: UTF-8 (no lone surrogates) without NUL (paho refuses to pack one).
+mqtt_text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=80
+)
 properties = st.one_of(
     st.none(),
     st.builds(lambda expiry, ctype: (expiry, ctype), st.integers(1, 2**31), mqtt_text),
@@ -84,3 +86,50 @@ def test_a_truncated_packet_is_left_to_paho():
     header, body = _publish_packet(b"factory/l/d/reading", b"", 1, 7, False, False, b"")
     with pytest.raises(Exception):  # noqa: B017 - paho's own error, whichever it is
         _received(Client, header, body[:-1])
+
+
+def _plain_received(header: int, body: bytes) -> tuple[list[tuple], list[mqtt.MQTTMessage]]:
+    client = Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.manual_ack_set(True)
+    plain: list[tuple] = []
+    full: list[mqtt.MQTTMessage] = []
+    client.on_plain_message = lambda _c, topic, payload, mid, qos: plain.append(
+        (topic, payload, qos, mid)
+    )
+    client.on_message = lambda _c, _u, msg: full.append(msg)
+    client._in_packet = {"command": header, "packet": body}
+    assert client._handle_publish() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert len(plain) + len(full) == 1
+    return plain, full
+
+
+@given(
+    topic=mqtt_text.filter(bool),
+    payload=st.binary(max_size=300),
+    qos=st.sampled_from([0, 1]),
+    mid=st.integers(1, 65535),
+    with_props=st.booleans(),
+)
+def test_plain_hook_gets_what_paho_decodes_and_on_message_the_rest(
+    topic, payload, qos, mid, with_props
+):
+    packed = b"\x00"
+    if with_props:
+        p = Properties(PacketTypes.PUBLISH)
+        p.ContentType = "application/json"
+        packed = p.pack()
+    header, body = _publish_packet(
+        topic.encode(), payload, qos, mid if qos else 0, False, False, packed
+    )
+    paho = _received(mqtt.Client, header, body)
+    plain, full = _plain_received(header, body)
+    if with_props:
+        assert not plain and _fields(full[0]) == _fields(paho)
+    else:
+        assert not full and plain[0] == (paho.topic, paho.payload, paho.qos, paho.mid)
+
+
+def test_plain_hook_leaves_a_topic_that_is_not_utf8_to_paho():
+    header, body = _publish_packet(b"factory/\xff/d/reading", b"{}", 1, 9, False, False, b"\x00")
+    plain, full = _plain_received(header, body)
+    assert not plain and full[0].payload == b"{}"

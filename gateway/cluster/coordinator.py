@@ -23,16 +23,14 @@ Design (measured on Mosquitto 2.0.11, see README "Scale out"):
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-
-import paho.mqtt.client as mqtt
 
 from common.mqtt import MqttSettings
 from gateway.cluster.assignment import owned_partitions, owner
 from gateway.cluster.sessions import ConsumerSession, RoutingSession, ready_topic
 from gateway.config import ClusterConfig
+from gateway.inbox import Inbox
 from gateway.intake import Message
 from gateway.metrics import GatewayMetrics
 
@@ -51,7 +49,7 @@ class Coordinator:
         cfg: ClusterConfig,
         mqtt_settings: MqttSettings,
         gateway_id: str,
-        inbox: queue.Queue[Message],
+        inbox: Inbox[Message],
         metrics: GatewayMetrics,
     ):
         self._cfg = cfg
@@ -89,16 +87,16 @@ class Coordinator:
         return partition in self._ready
 
     # -- membership, fed by the main session's subscription to the status topics
-    def handle_status(self, msg: mqtt.MQTTMessage) -> bool:
-        parts = msg.topic.split("/")
-        if msg.topic.startswith(self._ready_prefix):
-            if msg.payload == b"ready" and parts[-1].isdigit():
+    def handle_status(self, topic: str, payload: bytes) -> bool:
+        parts = topic.split("/")
+        if topic.startswith(self._ready_prefix):
+            if payload == b"ready" and parts[-1].isdigit():
                 self._ready.add(int(parts[-1]))
                 self._changed.set()  # the coordinator thread forwards held readings
             return True
         if len(parts) != 4 or parts[:2] != ["factory", "gateway"] or parts[3] != "status":
             return False
-        online = msg.payload == b"online"
+        online = payload == b"online"
         with self._lock:
             if self._status.get(parts[2]) != online:
                 self._status[parts[2]] = online

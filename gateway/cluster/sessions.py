@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from common.mqtt import MqttSettings, disable_nagle, make_client, start
 from gateway.cluster.assignment import partition_of
+from gateway.inbox import Inbox
 from gateway.intake import Message
 
 log = logging.getLogger(__name__)
@@ -97,9 +97,7 @@ class _Session:
 class ConsumerSession(_Session):
     """One partition's persistent session, feeding the scoring inbox."""
 
-    def __init__(
-        self, settings: MqttSettings, group: str, partition: int, inbox: queue.Queue[Message]
-    ):
+    def __init__(self, settings: MqttSettings, group: str, partition: int, inbox: Inbox[Message]):
         super().__init__(
             settings, f"{group}-part-{partition}", (f"{PARTITION_ROOT}/{partition}/+/+",)
         )
