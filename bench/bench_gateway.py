@@ -392,7 +392,6 @@ def scenario_throughput(st: Stack) -> dict:
         st.profiler = Profiler(
             pid, s.duration_s, st.workdir / "profile.txt", gil=s.profile == "gil"
         )
-    started = time.time()
     load = st.run_load(st.load_spec("tp", rate=s.rate, duration_s=s.duration_s))
     sent_end = time.time()
     at_send_end = st.gateway.stored() - base
@@ -411,7 +410,8 @@ def scenario_throughput(st: Stack) -> dict:
         # What the gateway published meanwhile (the simulator's values include faults).
         "messages_out": dict(st.watch.counts() - before),
         "load": load.as_dict(),
-        "resources": st.resources(started, done_at),
+        # From the first send: the publishers' start-up is not the system under load.
+        "resources": st.resources(load.first_send, done_at),
     }
     if st.profiler is not None:
         out["profile"] = {"mode": s.profile, **st.profiler.finish()}
@@ -433,7 +433,6 @@ def scenario_latency(st: Stack) -> dict:
         )
     ).start()
     st.load_pids = [probe.pid] if probe.pid else []
-    started = time.time()
     rate = s.latency_rate - s.probe_rate
     load = st.run_load(st.load_spec("lat", rate=rate, duration_s=s.latency_duration_s), probe)
     result = probe.join()
@@ -449,7 +448,7 @@ def scenario_latency(st: Stack) -> dict:
         "loss": _loss(expected, stored),
         "latency": result.summary(),
         "load": load.as_dict(),
-        "resources": st.resources(started, end),
+        "resources": st.resources(load.first_send, end),
     }
 
 
@@ -490,11 +489,10 @@ def scenario_naive(st: Stack) -> dict:
         ready=lambda: log_path.exists() and READY_MESSAGE in log_path.read_text(errors="replace"),
         cwd=ROOT,
     ).start(120)
-    started = time.time()
     load = st.run_load(st.load_spec("nv", rate=s.naive_rate, duration_s=s.naive_duration_s))
     end = time.time()
     stored = count_points(st.influx.url, NAIVE_DB, "nv")
-    resources = st.resources(started, end)
+    resources = st.resources(load.first_send, end)
     st.naive.stop()
     st.naive = None
     return {

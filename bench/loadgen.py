@@ -3,7 +3,8 @@
     gen = LoadGenerator(LoadSpec(host, port, rate=10_000, duration_s=60)).start()
     result = gen.join()          # LoadResult: exact broker-acknowledged count, rates
 
-Each process owns one paho MQTT v5 client with a large in-flight window and its own
+Each process owns one MQTT 5 session (``bench.mqtt_wire``: paho would cost more CPU
+per publish than the gateway being measured) with a large in-flight window and its own
 share of the devices (device ``i`` belongs to process ``i % processes``), and sends
 round-robin over them.  Pacing is a token bucket per process (``rate / processes``);
 ``rate=0`` sends as fast as the window of unacknowledged messages allows.
@@ -28,11 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
+from bench.mqtt_wire import WirePublisher, utf8_field
 from contract import encode_reading, reading_topic
 
 FIELDS = ("temperature_c", "humidity_pct", "sound_db")
@@ -44,8 +41,6 @@ _CONNECT_TIMEOUT_S = 20.0
 # A paced process that fell this far behind its schedule forgets the debt instead of
 # bursting to catch up (the achieved rate then shows it could not keep the pace).
 _MAX_BURST_S = 0.1
-# Read PUBACKs every this many sends (and whenever the window is full).
-_SERVICE_EVERY = 32
 
 
 @dataclass(frozen=True)
@@ -142,78 +137,18 @@ def interpolate(
     return {f: round(a[j] + (b[j] - a[j]) * frac + noise(), 4) for j, f in enumerate(FIELDS)}
 
 
-class _Publisher:
-    """One process's MQTT client with a bounded window of unacknowledged publishes.
-
-    paho runs without its network thread here: ``publish`` writes to the socket in
-    the caller's thread and PUBACKs are read between sends.  With ``loop_start`` every
-    publish would wake the network thread and the two threads would trade the GIL per
-    message, which roughly halves what one process can send.
-    """
-
-    def __init__(self, spec: LoadSpec, client_id: str):
-        self.spec = spec
-        self.sent = 0
-        self.done = 0
-        self.refused = 0
-        self._connected = False
-        self.client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            protocol=mqtt.MQTTv5,
-        )
-        self.client.max_inflight_messages_set(spec.inflight)
-        self.client.max_queued_messages_set(0)  # our own window bounds it
-        self.client.on_connect = self._on_connect
-        self.client.on_publish = self._on_publish
-
-    def connect(self) -> None:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = 0
-        self.client.connect(
-            self.spec.host, self.spec.port, keepalive=60, clean_start=True, properties=props
-        )
-        deadline = time.monotonic() + _CONNECT_TIMEOUT_S
-        while not self._connected:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"broker {self.spec.host}:{self.spec.port} did not accept us")
-            self.client.loop(0.1)
-
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            raise RuntimeError(f"broker refused the connection: {reason_code}")
-        self._connected = True
-
-    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            self.refused += 1
-        self.done += 1
-
-    def service(self, timeout_s: float = 0.0) -> None:
-        """Read PUBACKs, write what the socket did not take, keep the session alive."""
-        rc = self.client.loop(timeout_s)
-        if rc != mqtt.MQTT_ERR_SUCCESS:
-            raise RuntimeError(f"MQTT connection lost: {mqtt.error_string(rc)}")
-
-    def wait_window(self) -> None:
-        """Block while the in-flight window is full."""
-        while self.sent - self.done >= self.spec.inflight:
-            self.service(0.05)
-
-    def flush(self, timeout_s: float) -> None:
-        deadline = time.monotonic() + timeout_s
-        while self.done < self.sent and time.monotonic() < deadline:
-            self.service(0.1)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop(0.1)
+# Publishes framed per ``send`` when running flat out (a paced sender sends what is due).
+_CHUNK = 64
+# ...and when paced, sends what is due at most every 2 ms.
+_PACE_S = 0.002
 
 
-def _send_loop(pub: _Publisher, spec: LoadSpec, worker: int) -> tuple[float, float]:
+def _send_loop(
+    pub: WirePublisher, spec: LoadSpec, worker: int, series: list[list[tuple[float, ...]]]
+) -> tuple[int, float, float]:
+    """Send until the duration or quota is reached; (sent, first send, last send)."""
     devices = device_table(spec, worker)
-    topics = [reading_topic(line, device) for line, device in devices]
-    series = device_series(spec.seed + worker, len(devices))
+    topics = [utf8_field(reading_topic(line, device)) for line, device in devices]
     n_dev = len(devices)
     # Devices start at different points of their series (seconds).
     offsets = [(d * 7.3) % 60.0 for d in range(n_dev)]
@@ -223,10 +158,12 @@ def _send_loop(pub: _Publisher, spec: LoadSpec, worker: int) -> tuple[float, flo
     seqs = [0] * n_dev
     share = spec.processes
     rate = spec.rate / share
+    # A paced sender wakes when this many are due, not for every single one.
+    step = max(1.0, min(_CHUNK, rate * _PACE_S))
     quota = None
     if spec.count is not None:
         quota = spec.count // share + (1 if worker < spec.count % share else 0)
-    publish = pub.client.publish
+    publish = pub.publish
     start = time.perf_counter()
     deadline = start + spec.duration_s if spec.duration_s is not None else None
     first_send = wall_start = time.time()
@@ -236,56 +173,64 @@ def _send_loop(pub: _Publisher, spec: LoadSpec, worker: int) -> tuple[float, flo
         now = time.perf_counter()
         if (deadline is not None and now >= deadline) or (quota is not None and i >= quota):
             break
+        n = _CHUNK if quota is None else min(_CHUNK, quota - i)
         if rate:
             due = (now - schedule_start) * rate
-            if i >= due:
-                pub.service(min((i + 1 - due) / rate, 0.005))
-                continue
             if due - i > rate * _MAX_BURST_S:
                 schedule_start = now - i / rate
-        if not i % _SERVICE_EVERY:
-            pub.service()
-        pub.wait_window()
-        d = i % n_dev
-        now_us = time.time_ns() // 1000
-        if now_us <= last_us[d]:
-            now_us = last_us[d] + 1
-        last_us[d] = now_us
-        ts = now_us / 1e6
-        values = interpolate(series[d], ts - wall_start + offsets[d], noise)
-        payload = encode_reading(values, ts, seqs[d])
-        seqs[d] += 1
-        pub.sent += 1
-        info = publish(topics[d], payload, qos=1)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise RuntimeError(f"publish failed: {mqtt.error_string(info.rc)}")
-        i += 1
-    return first_send, time.time()
+                due = i
+            if due - i < step:
+                pub.service(min((i + step - due) / rate, 0.005))
+                continue
+            n = min(n, int(due - i))
+        if pub.window <= 0:
+            pub.service(0.05)  # window full: wait for PUBACKs
+            continue
+        for _ in range(min(n, pub.window)):
+            d = i % n_dev
+            now_us = time.time_ns() // 1000
+            if now_us <= last_us[d]:
+                now_us = last_us[d] + 1
+            last_us[d] = now_us
+            ts = now_us / 1e6
+            values = interpolate(series[d], ts - wall_start + offsets[d], noise)
+            publish(topics[d], encode_reading(values, ts, seqs[d]))
+            seqs[d] += 1
+            i += 1
+        pub.service()
+    return i, first_send, time.time()
 
 
 def _worker(spec: LoadSpec, worker: int, client_id: str, ready, go, results) -> None:
-    pub = _Publisher(spec, client_id)
+    # Simulated before "ready", so every process starts sending at "go" and the
+    # harness's CPU window holds only the sending.
+    series = device_series(spec.seed + worker, len(device_table(spec, worker)))
+    pub = WirePublisher(spec.host, spec.port, client_id, spec.inflight)
     try:
-        pub.connect()
+        pub.connect(_CONNECT_TIMEOUT_S)
     except Exception as exc:
         results.put({"worker": worker, "error": f"{type(exc).__name__}: {exc}"})
         return
     ready.put(worker)
     go.wait()
     try:
-        first, last = _send_loop(pub, spec, worker)
+        cpu_before = time.process_time()
+        sent, first, last = _send_loop(pub, spec, worker, series)
+        cpu_s = time.process_time() - cpu_before
         pub.flush(spec.flush_timeout_s)
     except Exception as exc:  # report it to the harness instead of dying silently
         results.put({"worker": worker, "error": f"{type(exc).__name__}: {exc}"})
         return
     out = {
         "worker": worker,
-        "attempted": pub.sent,
-        "acked": pub.done - pub.refused,
+        "attempted": sent,
+        "acked": pub.acked,
         "refused": pub.refused,
-        "unacked": pub.sent - pub.done,
+        "unacked": pub.pending,
         "first_send": first,
         "last_send": last,
+        # This process's own CPU (user + system) while sending.
+        "send_cpu_s": round(cpu_s, 3),
     }
     pub.close()
     results.put(out)
