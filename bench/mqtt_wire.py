@@ -98,6 +98,13 @@ def parse_connack(body: bytes) -> tuple[int, int | None]:
     """(reason code, the broker's Receive Maximum or None)."""
     if len(body) < 2:
         raise ProtocolError("short CONNACK")
+    try:
+        return _parse_connack(body)
+    except IndexError:
+        raise ProtocolError("truncated CONNACK properties") from None
+
+
+def _parse_connack(body: bytes) -> tuple[int, int | None]:
     reason = body[1]
     receive_maximum = None
     if len(body) > 2:
@@ -157,6 +164,15 @@ class WirePublisher:
 
     def connect(self, timeout_s: float) -> None:
         sock = socket.create_connection((self.host, self.port), timeout=timeout_s)
+        try:
+            self._handshake(sock, timeout_s)
+        except BaseException:
+            sock.close()
+            raise
+        sock.setblocking(False)
+        self._sock = sock
+
+    def _handshake(self, sock: socket.socket, timeout_s: float) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.sendall(connect_packet(self.client_id, self.keepalive_s))
         deadline = time.monotonic() + timeout_s
@@ -178,8 +194,6 @@ class WirePublisher:
             raise ProtocolError(f"broker refused the connection (reason code 0x{reason:02x})")
         if receive_maximum:
             self.inflight_limit = min(self.inflight_limit, receive_maximum)
-        sock.setblocking(False)
-        self._sock = sock
 
     @property
     def window(self) -> int:
@@ -216,7 +230,7 @@ class WirePublisher:
             self._read()
         if self._out:
             self.send()
-        elif time.monotonic() - self._last_io > self.keepalive_s / 2:
+        elif self.keepalive_s and time.monotonic() - self._last_io > self.keepalive_s / 2:
             self._sock.send(bytes((_PINGREQ << 4, 0)))
             self._last_io = time.monotonic()
 

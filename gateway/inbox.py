@@ -56,6 +56,11 @@ class Inbox(Generic[T]):
             # Clear before flagging, so a signal sent after the flag is never lost.
             self._room.clear()
             self._producer_blocked = True
+            # A batch bigger than the capacity cannot fill while we wait: wake a
+            # scorer that is waiting for one (it may have started to wait just now).
+            if self._wake_at:
+                self._wake_at = 0
+                self._wake.set()
             if len(self._items) > self.capacity:
                 self._room.wait(_ROOM_POLL_S)
 
