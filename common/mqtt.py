@@ -17,6 +17,9 @@ from common.config import read_secret
 
 log = logging.getLogger(__name__)
 
+# PUBACK fixed header: packet type 4, remaining length 2 (just the packet id).
+_PUBACK_PREFIX = bytes((PacketTypes.PUBACK << 4, 2))
+
 
 @dataclass(frozen=True)
 class MqttSettings:
@@ -103,6 +106,19 @@ class Client(mqtt.Client):
         if qos == 1 and not self._manual_ack:
             return self._send_puback(mid)
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def ack_many(self, mids: list[int]) -> None:
+        """Acknowledge QoS 1 messages (manual acks) in order, as one write.
+
+        paho's ``ack`` queues one packet per message and wakes the network thread
+        through its socket pair each time: with thousands of acks a second that was
+        ~10 % of the gateway's CPU.  The PUBACKs here (MQTT 5 allows the short form,
+        no reason code = success) go out together in one queued packet.
+        """
+        if not mids or not self._manual_ack:
+            return
+        packet = b"".join([_PUBACK_PREFIX + mid.to_bytes(2, "big") for mid in mids])
+        self._packet_queue(PacketTypes.PUBACK << 4, packet, mids[-1], 1)
 
 
 def make_client(

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from common.mqtt import MqttSettings, disable_nagle, make_client, start
+from common.mqtt import Client, MqttSettings, disable_nagle, make_client, start
 from contract import status_topic
 from contract.payloads import OFFLINE, ONLINE
 from gateway.inbox import Inbox
@@ -41,10 +41,19 @@ class Message:
 
 
 def ack_all(acks: list[tuple[mqtt.Client | None, int, int]]) -> None:
-    """Acknowledge (client, mid, qos) in order; a released session just ignores them."""
+    """Acknowledge (client, mid, qos) in order; a released session just ignores them.
+
+    QoS 1 acks of one session go out as one write (``common.mqtt.Client.ack_many``)."""
+    batches: dict[mqtt.Client, list[int]] = {}
     for client, mid, qos in acks:
-        if qos > 0 and client is not None:
+        if client is None or qos == 0:
+            continue
+        if qos == 1 and isinstance(client, Client):
+            batches.setdefault(client, []).append(mid)
+        else:
             client.ack(mid, qos)
+    for client, mids in batches.items():
+        client.ack_many(mids)
 
 
 class MqttIntake:

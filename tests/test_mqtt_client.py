@@ -133,3 +133,21 @@ def test_plain_hook_leaves_a_topic_that_is_not_utf8_to_paho():
     header, body = _publish_packet(b"factory/\xff/d/reading", b"{}", 1, 9, False, False, b"\x00")
     plain, full = _plain_received(header, body)
     assert not plain and full[0].payload == b"{}"
+
+
+def test_ack_many_queues_the_same_bytes_as_one_ack_per_message():
+    def queued(client: mqtt.Client) -> bytes:
+        return b"".join(bytes(p["packet"]) for p in client._out_packet)
+
+    ours = Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    one_by_one = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    mids = [1, 2, 300, 65535, 7]
+    for client in (ours, one_by_one):
+        client.manual_ack_set(True)
+    ours.ack_many(mids)
+    for mid in mids:
+        one_by_one.ack(mid, 1)
+    assert len(ours._out_packet) == 1  # one write for all of them
+    assert queued(ours) == queued(one_by_one)
+    ours.ack_many([])
+    assert len(ours._out_packet) == 1
