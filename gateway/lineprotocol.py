@@ -89,3 +89,18 @@ class ReadingEncoder:
                 k = keys[name] = escape_tag(name)
             parts.append(f"{k}={format_field(value)}")
         return f"{self._prefix(line, device, version)}{','.join(parts)} {ts_ns}"
+
+    def encode_reading(
+        self, line: str, device: str, version: str, values: dict[str, float], tail: str, ts_ns: int
+    ) -> str:
+        """The scorer's form: ``values`` are floats (the contract makes them so) and
+        ``tail`` holds the other fields already formatted, each with a leading comma."""
+        keys = self._keys
+        parts = []
+        for name, value in values.items():
+            k = keys.get(name)
+            if k is None:
+                k = keys[name] = escape_tag(name)
+            parts.append(f"{k}={value!r}")
+        body = ",".join(parts) + tail if parts else tail[1:]
+        return f"{self._prefix(line, device, version)}{body} {ts_ns}"

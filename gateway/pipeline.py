@@ -24,7 +24,7 @@ from gateway.drift_watch import DriftWatch
 from gateway.features import FeatureBuilder
 from gateway.inbox import Inbox
 from gateway.intake import Message
-from gateway.lineprotocol import ReadingEncoder
+from gateway.lineprotocol import ReadingEncoder, format_field
 from gateway.metrics import GatewayMetrics
 from gateway.notifier import PROCESS_ANOMALY, Notifier
 from gateway.sensor_faults import SensorFaults
@@ -147,23 +147,22 @@ class Processor(threading.Thread):
             explain = scorer.explain(x[rows[flags]])
         explained = 0
         version = scorer.version
+        # Other fields, pre-formatted for the line protocol (see ReadingEncoder).
+        gateway_tail = f",gateway={format_field(self._cfg.id)}" if self._cluster else ""
+        encode = self._encoder.encode_reading
+        check_faults = self._faults.on_reading if self._cfg.sensor_faults.enabled else None
         lines = []
-        for i, reading in enumerate(readings):
-            score = float(scores[i])
+        results = zip(readings, scores.tolist(), flags.tolist(), strict=True)
+        for reading, score, is_anomaly in results:
+            seq_tail = "" if reading.seq is None else f",seq={reading.seq}i"
             scored = not math.isnan(score)  # NaN: warming up or out of order
-            is_anomaly = bool(flags[i])
-            fields: dict[str, float | int | bool] = dict(reading.values)
             if scored:
-                fields["score"] = score
-                fields["is_anomaly"] = is_anomaly
+                flag = "true" if is_anomaly else "false"
+                tail = f",score={score!r},is_anomaly={flag}{seq_tail}{gateway_tail}"
             else:
-                fields["warming_up"] = True
-            if reading.seq is not None:
-                fields["seq"] = reading.seq
-            if self._cluster:
-                fields["gateway"] = self._cfg.id  # which gateway scored it (a field, not a tag)
+                tail = f",warming_up=true{seq_tail}{gateway_tail}"
             lines.append(
-                self._encoder.encode(reading.line, reading.device, version, fields, reading.ts_ns)
+                encode(reading.line, reading.device, version, reading.values, tail, reading.ts_ns)
             )
             if scored:
                 drivers = None
@@ -171,8 +170,8 @@ class Processor(threading.Thread):
                     drivers = scorer.top_contributors(explain[explained])  # type: ignore[index]
                     explained += 1
                 self._process_alert(reading, score, scorer, drivers)
-            if self._cfg.sensor_faults.enabled:
-                for tr in self._faults.on_reading(reading, now):
+            if check_faults is not None:
+                for tr in check_faults(reading, now):
                     lines.append(self._notifier.sensor_fault(tr, version))
         return lines
 

@@ -100,31 +100,34 @@ class SensorFaults:
             watch = self._devices[key] = _Watch()
         out: list[FaultTransition] = []
         values, ts = reading.values, reading.ts_ns
-        self._set(key, DROPOUT, False, "", ts, values, out, need=1)
-        stuck = [f for f, v in values.items() if watch.last_values.get(f) == v]
-        for f in values:
-            watch.same_run[f] = watch.same_run.get(f, 1) + 1 if f in stuck else 1
-        frozen = [f for f, n in watch.same_run.items() if n >= self._cfg.stuck_after]
-        self._set(
-            key,
-            STUCK,
-            bool(frozen),
-            f"{', '.join(frozen)} unchanged for {self._cfg.stuck_after} readings",
-            ts,
-            values,
-            out,
-        )
+        # Every device is checked on every reading, so the fault-free case is kept
+        # cheap: details are formatted and _set is called only when something fires
+        # or this device has a fault to resolve.
+        faulty = key in self._active
+        if faulty:
+            self._set(key, DROPOUT, False, "", ts, values, out, need=1)
+        last = watch.last_values
+        same_run = watch.same_run
+        for f, v in values.items():
+            same_run[f] = same_run.get(f, 1) + 1 if last.get(f) == v else 1
+        stuck_after = self._cfg.stuck_after
+        frozen = [f for f, n in same_run.items() if n >= stuck_after]
+        if frozen or faulty:
+            detail = f"{', '.join(frozen)} unchanged for {stuck_after} readings" if frozen else ""
+            self._set(key, STUCK, bool(frozen), detail, ts, values, out)
         jumps = []
         dt = (ts - watch.last_ts_ns) / 1e9
         if watch.last_ts_ns and dt > 0:
             for f, limit in self._cfg.max_rate.items():
-                if f in values and f in watch.last_values:
-                    rate = abs(values[f] - watch.last_values[f]) / dt
+                if f in values and f in last:
+                    rate = abs(values[f] - last[f]) / dt
                     if rate > limit:
                         jumps.append(f"{f} changed {rate:.1f}/s (limit {limit:g}/s)")
-        self._set(key, JUMP, bool(jumps), "; ".join(jumps), ts, values, out)
-        self._set(key, OUT_OF_RANGE, False, "", ts, values, out)
-        self._set(key, DECODE_ERRORS, False, "", ts, values, out)
+        if jumps or faulty:
+            self._set(key, JUMP, bool(jumps), "; ".join(jumps), ts, values, out)
+        if faulty:
+            self._set(key, OUT_OF_RANGE, False, "", ts, values, out)
+            self._set(key, DECODE_ERRORS, False, "", ts, values, out)
         watch.last_values = dict(values)
         watch.last_ts_ns = max(ts, watch.last_ts_ns)
         watch.last_seen = now
