@@ -6,6 +6,8 @@ import time
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from common.config import ConfigError, load_config, redacted
 from contract import Reading, Rejected
@@ -217,6 +219,41 @@ def test_silences_by_device_and_line():
     assert silences.active("line1", "press-02", now) is None
     with pytest.raises(Rejected, match="until"):
         silences.apply("factory/silence/line1/x", b'{"reason": "no end"}')
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.dictionaries(
+        st.sampled_from(["temperature_c", "humidity pct", "a,b=c", "sound_db"]),
+        st.floats(allow_nan=False, allow_infinity=False),
+        max_size=4,
+    ),
+    score=st.one_of(st.none(), st.floats(0, 1)),
+    seq=st.one_of(st.none(), st.integers(0, 2**40)),
+    gateway=st.one_of(st.none(), st.text(max_size=8)),
+)
+def test_the_scorers_pre_formatted_reading_line_matches_the_generic_encoder(
+    values, score, seq, gateway
+):
+    from gateway.lineprotocol import ReadingEncoder, format_field
+
+    fields: dict = dict(values)
+    tail = ""
+    if score is None:
+        fields["warming_up"] = True
+        tail += ",warming_up=true"
+    else:
+        fields["score"], fields["is_anomaly"] = score, score >= 0.5
+        tail += f",score={score!r},is_anomaly={'true' if score >= 0.5 else 'false'}"
+    if seq is not None:
+        fields["seq"] = seq
+        tail += f",seq={seq}i"
+    if gateway is not None:
+        fields["gateway"] = gateway
+        tail += f",gateway={format_field(gateway)}"
+    tags = {"line": "line 1", "device": "d=1", "model_version": "v1"}
+    line = ReadingEncoder().encode_reading("line 1", "d=1", "v1", values, tail, 42)
+    assert line == encode_point("reading", tags, fields, 42)
 
 
 def test_reading_encoder_matches_the_generic_encoder():
