@@ -12,8 +12,9 @@ runs ``python -m gateway`` with ``config/gateway.toml`` plus the bench's overrid
 Load comes from ``bench.loadgen`` publisher processes, QoS 1, 200 devices on 10 lines.
 
 Scenarios:
- 1. throughput: publish as fast as the broker acknowledges (or ``--rate``) for
-    ``--duration`` s; sustained = readings in InfluxDB / (first send → last stored);
+ 1. throughput: publish at 12 000 readings/s (``--rate``; 0 = as fast as the broker
+    acknowledges) for ``--duration`` s; sustained = readings in InfluxDB / (first send
+    → last stored);
     loss = broker-acknowledged - stored; gateway CPU % and max RSS.
  2. latency: a steady 1 000 readings/s of which ``--probe-rate``/s are latency probes
     (``bench.probe``): p50/p99/max publish → alert.
@@ -85,7 +86,10 @@ SCENARIOS = ("throughput", "latency", "backlog", "naive", "decode")
 @dataclass(frozen=True)
 class BenchSettings:
     duration_s: float = 60.0
-    rate: float = 0.0
+    # Offered readings/s in (1): above the 10,000/s target, so the figure is what the
+    # gateway sustains, not what was offered.  0 = as fast as the broker takes them
+    # (the broker then queues whatever the gateway has not taken yet).
+    rate: float = 12_000.0
     latency_duration_s: float = 60.0
     latency_rate: float = 1000.0
     probe_rate: float = 10.0
@@ -671,13 +675,19 @@ def run(settings: BenchSettings, args: argparse.Namespace, workdir: Path) -> dic
     return result
 
 
+# A paced run that stored this share of the offered rate kept up with it.
+_KEPT_UP = 0.98
+
+
 def _add_efficiency(scenario: dict) -> None:
     """Readings per CPU-second of the process doing the work: on a shared machine
     this moves much less with other people's load than readings/s does.  Only where
     that process is saturated (max-rate throughput, backlog, a naive gateway that fell
-    behind); at a paced rate it would mostly measure idle overhead."""
-    paced_throughput = "sustained_rate" in scenario and scenario.get("offered_rate")
-    if paced_throughput or scenario.get("kept_up") or "latency" in scenario:
+    behind, a paced throughput run that fell behind what was offered); at a rate it
+    keeps up with it would mostly measure idle overhead."""
+    offered = scenario.get("offered_rate") if "sustained_rate" in scenario else None
+    paced_and_kept_up = offered and scenario["sustained_rate"] >= _KEPT_UP * offered
+    if paced_and_kept_up or scenario.get("kept_up") or "latency" in scenario:
         return
     rate = scenario.get("sustained_rate") or scenario.get("drain_rate") or scenario.get("rate")
     resources = scenario.get("resources", {})
@@ -811,7 +821,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="short scenarios (~1 min)")
     parser.add_argument("--duration", dest="duration_s", type=float, help="(1) seconds [60]")
-    parser.add_argument("--rate", type=float, help="(1) readings/s, 0 = max [0]")
+    parser.add_argument("--rate", type=float, help="(1) readings/s, 0 = max [12000]")
     parser.add_argument("--latency-duration", dest="latency_duration_s", type=float)
     parser.add_argument("--latency-rate", type=float, help="(2) total readings/s [1000]")
     parser.add_argument("--probe-rate", type=float, help="(2) probe readings/s [10]")
