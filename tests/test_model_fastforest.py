@@ -20,7 +20,12 @@ from model import detectors
 from model.artifact import save_artifact
 from model.dataset import Dataset
 from model.detectors import build_detector, compiled_raw_scores, raw_scores
-from model.fastforest import CompiledForest, average_path_length, compile_forest
+from model.fastforest import (
+    SMALL_BATCH_ROWS,
+    CompiledForest,
+    average_path_length,
+    compile_forest,
+)
 from model.scorer import load_scorer
 from model.training import train
 from sensors.dataset_writer import VALUE_COLUMNS
@@ -39,8 +44,13 @@ def assert_same(fast: np.ndarray, slow: np.ndarray) -> None:
 def assert_like_sklearn(model, X: np.ndarray) -> CompiledForest:
     forest = compile_forest(model)
     assert forest is not None
-    assert_same(forest.score_samples(X), model.score_samples(X))
+    expected = model.score_samples(X)
+    assert_same(forest.score_samples(X), expected)
     assert_same(forest.decision_function(X), model.decision_function(X))
+    # Up to SMALL_BATCH_ROWS rows take the row-by-row walk: the same scores.
+    for i in range(min(len(X), 5)):
+        assert_same(forest.score_samples(X[i : i + 1]), expected[i : i + 1])
+    assert_same(forest.score_samples(X[:SMALL_BATCH_ROWS]), expected[:SMALL_BATCH_ROWS])
     return forest
 
 
