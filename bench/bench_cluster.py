@@ -1,12 +1,13 @@
 """Throughput with 1, 2 and 3 gateways sharing the stream (issue: scale out).
 
-    python -m bench.bench_cluster [--duration 20] [--gateways 1,2,3]
+    python -m bench.bench_cluster [--duration 20] [--rate 12000] [--gateways 1,2,3]
 
 For each count it starts a fresh Mosquitto and InfluxDB, N ``python -m gateway``
 processes (``[cluster] enabled`` when N > 1; N = 1 runs plain, as a single gateway
-does), publishes at QoS 1 as fast as the broker acknowledges for ``--duration``
-seconds, waits until every acknowledged reading is in InfluxDB, and prints the
-sustained rate (stored / time from first send to last stored) and the loss.
+does), publishes at QoS 1 at ``--rate`` (12 000 readings/s; 0 = as fast as the broker
+acknowledges) for ``--duration`` seconds, waits until every acknowledged reading is
+in InfluxDB, and prints the sustained rate (stored / time from first send to last
+stored) and the loss.
 
 On one 2-core box every gateway competes with the broker, the database and the load
 generator for the same two cores; the figures say what this box does, not what a
@@ -43,7 +44,7 @@ def _owned(metrics_port: int) -> int:
     return 0
 
 
-def run_one(n: int, duration_s: float, model: Path, workdir: Path) -> dict:
+def run_one(n: int, duration_s: float, rate: float, model: Path, workdir: Path) -> dict:
     workdir.mkdir(parents=True)
     mosq = Mosquitto(workdir / "mosquitto", free_port()).start()
     influx = InfluxDB(workdir / "influxdb", free_port()).start()
@@ -79,7 +80,9 @@ def run_one(n: int, duration_s: float, model: Path, workdir: Path) -> dict:
         prefix = f"c{n}"
         load = (
             LoadGenerator(
-                LoadSpec("127.0.0.1", mosq.port, duration_s=duration_s, line_prefix=prefix),
+                LoadSpec(
+                    "127.0.0.1", mosq.port, rate=rate, duration_s=duration_s, line_prefix=prefix
+                ),
                 name=f"load-{prefix}",
             )
             .start()
@@ -115,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument(
+        "--rate", type=float, default=12_000.0, help="offered readings/s, 0 = as fast as possible"
+    )
     parser.add_argument("--gateways", default="1,2,3")
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "bench" / "models")
     args = parser.parse_args(argv)
@@ -123,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         for n in (int(x) for x in args.gateways.split(",")):
-            rows.append(run_one(n, args.duration, model, Path(tmp) / f"n{n}"))
+            rows.append(run_one(n, args.duration, args.rate, model, Path(tmp) / f"n{n}"))
             r = rows[-1]
             sys.stdout.write(
                 f"{n} gateway(s): published {r['published']}, stored {r['stored']}, "
