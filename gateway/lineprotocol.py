@@ -6,7 +6,7 @@ follow the InfluxDB line protocol reference.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\\": "\\\\"})
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\\": "\\\\"})
@@ -73,6 +73,16 @@ class ReadingEncoder:
             self._prefixes[key] = prefix
         return prefix
 
+    def _field_part(self, fields: Mapping[str, object], fmt: Callable[[object], str]) -> str:
+        keys = self._keys
+        parts = []
+        for name, value in fields.items():
+            k = keys.get(name)
+            if k is None:
+                k = keys[name] = escape_tag(name)
+            parts.append(f"{k}={fmt(value)}")
+        return ",".join(parts)
+
     def encode(
         self,
         line: str,
@@ -81,26 +91,13 @@ class ReadingEncoder:
         fields: dict[str, float | int | bool | str],
         ts_ns: int,
     ) -> str:
-        keys = self._keys
-        parts = []
-        for name, value in fields.items():
-            k = keys.get(name)
-            if k is None:
-                k = keys[name] = escape_tag(name)
-            parts.append(f"{k}={format_field(value)}")
-        return f"{self._prefix(line, device, version)}{','.join(parts)} {ts_ns}"
+        body = self._field_part(fields, format_field)  # type: ignore[arg-type]
+        return f"{self._prefix(line, device, version)}{body} {ts_ns}"
 
     def encode_reading(
         self, line: str, device: str, version: str, values: dict[str, float], tail: str, ts_ns: int
     ) -> str:
         """The scorer's form: ``values`` are floats (the contract makes them so) and
         ``tail`` holds the other fields already formatted, each with a leading comma."""
-        keys = self._keys
-        parts = []
-        for name, value in values.items():
-            k = keys.get(name)
-            if k is None:
-                k = keys[name] = escape_tag(name)
-            parts.append(f"{k}={value!r}")
-        body = ",".join(parts) + tail if parts else tail[1:]
+        body = self._field_part(values, repr) + tail if values else tail[1:]
         return f"{self._prefix(line, device, version)}{body} {ts_ns}"

@@ -169,3 +169,19 @@ class Stream:
         assert stats["queued"] == stats["published"], stats
         assert stats["unacknowledged"] == "0" and stats["refused"] == "0", stats
         return int(stats["published"])
+
+
+def paho_receives(client_class: type, header: int, body: bytes):
+    """Feed one PUBLISH (fixed-header byte, body) to a paho-style client's decoder, the
+    way its network loop does; returns the message its ``on_message`` got."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    client = client_class(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.manual_ack_set(True)  # no socket here to send a PUBACK on
+    got: list = []
+    client.on_message = lambda _c, _u, msg: got.append(msg)
+    client._in_packet = {"command": header, "packet": body}
+    assert client._handle_publish() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+    assert len(got) == 1
+    return got[0]

@@ -22,7 +22,6 @@ import paho.mqtt.client as mqtt
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -38,7 +37,7 @@ from bench.mqtt_wire import (
 )
 from devstack.mosquitto import Mosquitto
 from devstack.process import free_port
-from tests.helpers import unique
+from tests.helpers import paho_receives, unique
 
 TIMEOUT_S = 10.0
 CONNACK, PUBLISH, PUBACK, PINGREQ, PINGRESP, DISCONNECT = 2, 3, 4, 12, 13, 14
@@ -116,16 +115,8 @@ def test_connect_packet_is_an_mqtt5_clean_start_connect():
 
 def _paho_decodes(packet: bytes) -> mqtt.MQTTMessage:
     """Feed one framed PUBLISH to paho's own MQTT 5 decoder."""
-    header = packet[0]
     ((_, body),) = split_packets(bytearray(packet))
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.manual_ack_set(True)  # no socket here to send a PUBACK on
-    got: list[mqtt.MQTTMessage] = []
-    client.on_message = lambda _c, _u, msg: got.append(msg)
-    client._in_packet = {"command": header, "packet": body}
-    assert client._handle_publish() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-    assert len(got) == 1
-    return got[0]
+    return paho_receives(mqtt.Client, packet[0], body)
 
 
 @given(

@@ -16,17 +16,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from common.mqtt import Client
-
-
-def _received(client_class: type[mqtt.Client], header: int, body: bytes) -> mqtt.MQTTMessage:
-    client = client_class(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    client.manual_ack_set(True)  # no socket here to send a PUBACK on
-    got: list[mqtt.MQTTMessage] = []
-    client.on_message = lambda _c, _u, msg: got.append(msg)
-    client._in_packet = {"command": header, "packet": body}
-    assert client._handle_publish() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
-    assert len(got) == 1
-    return got[0]
+from tests.helpers import paho_receives
 
 
 def _publish_packet(
@@ -72,8 +62,8 @@ def test_fast_publish_decoding_matches_paho(topic, payload, qos, mid, dup, retai
     header, body = _publish_packet(
         topic.encode(), payload, qos, mid if qos else 0, dup, retain, packed
     )
-    ours = _received(Client, header, body)
-    paho = _received(mqtt.Client, header, body)
+    ours = paho_receives(Client, header, body)
+    paho = paho_receives(mqtt.Client, header, body)
     assert _fields(ours) == _fields(paho)
     if props is None:
         assert ours.properties is None  # decoded on the fast path
@@ -85,10 +75,10 @@ def test_fast_publish_decoding_matches_paho(topic, payload, qos, mid, dup, retai
 def test_a_truncated_packet_is_left_to_paho():
     header, body = _publish_packet(b"factory/l/d/reading", b"", 1, 7, False, False, b"")
     with pytest.raises(Exception):  # noqa: B017 - paho's own error, whichever it is
-        _received(Client, header, body[:-1])
+        paho_receives(Client, header, body[:-1])
 
 
-def _plain_received(header: int, body: bytes) -> tuple[list[tuple], list[mqtt.MQTTMessage]]:
+def _plainpaho_receives(header: int, body: bytes) -> tuple[list[tuple], list[mqtt.MQTTMessage]]:
     client = Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.manual_ack_set(True)
     plain: list[tuple] = []
@@ -121,8 +111,8 @@ def test_plain_hook_gets_what_paho_decodes_and_on_message_the_rest(
     header, body = _publish_packet(
         topic.encode(), payload, qos, mid if qos else 0, False, False, packed
     )
-    paho = _received(mqtt.Client, header, body)
-    plain, full = _plain_received(header, body)
+    paho = paho_receives(mqtt.Client, header, body)
+    plain, full = _plainpaho_receives(header, body)
     if with_props:
         assert not plain and _fields(full[0]) == _fields(paho)
     else:
@@ -131,7 +121,7 @@ def test_plain_hook_gets_what_paho_decodes_and_on_message_the_rest(
 
 def test_plain_hook_leaves_a_topic_that_is_not_utf8_to_paho():
     header, body = _publish_packet(b"factory/\xff/d/reading", b"{}", 1, 9, False, False, b"\x00")
-    plain, full = _plain_received(header, body)
+    plain, full = _plainpaho_receives(header, body)
     assert not plain and full[0].payload == b"{}"
 
 
