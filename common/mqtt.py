@@ -17,6 +17,9 @@ from common.config import read_secret
 
 log = logging.getLogger(__name__)
 
+# Packets read per network-loop wake-up before paho's loop runs its other work again
+# (writes, keepalive): bounds how long acknowledgements wait behind a burst.
+_READ_BATCH = 100
 # PUBACK fixed header: packet type 4, remaining length 2 (just the packet id).
 _PUBACK_PREFIX = bytes((PacketTypes.PUBACK << 4, 2))
 
@@ -105,6 +108,24 @@ class Client(mqtt.Client):
             self._handle_on_message(message)
         if qos == 1 and not self._manual_ack:
             return self._send_puback(mid)
+        return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def loop_read(self, max_packets: int = 1) -> mqtt.MQTTErrorCode:
+        """Read every complete packet the socket has, up to ``_READ_BATCH`` per wake-up.
+
+        paho reads one packet per ``select()`` (its ``max_packets`` counts only our own
+        QoS 1/2 messages in flight), so a stream of readings cost a ``select`` and a
+        pass of its network loop per message.  The socket is non-blocking: reading
+        stops when it has nothing more (``MQTT_ERR_AGAIN``), as paho's own loop does.
+        """
+        for _ in range(max(max_packets, _READ_BATCH)):
+            if self._sock is None:
+                return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = self._packet_read()
+            if rc > 0:
+                return self._loop_rc_handle(rc)
+            if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
+                break
         return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
     def ack_many(self, mids: list[int]) -> None:

@@ -141,3 +141,35 @@ def test_ack_many_queues_the_same_bytes_as_one_ack_per_message():
     assert queued(ours) == queued(one_by_one)
     ours.ack_many([])
     assert len(ours._out_packet) == 1
+
+
+def test_loop_read_takes_every_packet_waiting_not_one_per_wake_up():
+    import socket
+
+    client = Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.manual_ack_set(True)
+    got: list[tuple] = []
+    client.on_plain_message = lambda _c, topic, payload, mid, qos: got.append((payload, mid))
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)  # as paho's own connected socket is
+    client._sock = ours
+    try:
+        frames = []
+        for mid in range(1, 151):
+            header, body = _publish_packet(
+                b"factory/l1/d1/reading", b"m%d" % mid, 1, mid, False, False, b"\x00"
+            )
+            frames.append(bytes([header, len(body)]) + body)
+        broker.sendall(b"".join(frames[:120]) + frames[120][:5])  # the last one cut short
+        assert client.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert [mid for _, mid in got] == list(range(1, 101))  # one batch per wake-up
+        assert client.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert len(got) == 120  # the partial packet waits for the rest of its bytes
+        broker.sendall(frames[120][5:] + b"".join(frames[121:]))
+        assert client.loop_read() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
+        assert got == [(b"m%d" % mid, mid) for mid in range(1, 151)]
+        broker.close()
+        assert client.loop_read() != mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS  # connection lost
+    finally:
+        client._sock = None
+        ours.close()
