@@ -71,6 +71,9 @@ class TimingMiddleware:
     def __init__(self, wsgi_app: Callable, metrics: ApiMetrics):
         self._app = wsgi_app
         self._metrics = metrics
+        # Labelled children, looked up once per (endpoint, status) instead of per request.
+        self._counted: dict[tuple[str, str], Any] = {}
+        self._timed: dict[str, Any] = {}
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         started = time.perf_counter()
@@ -80,8 +83,15 @@ class TimingMiddleware:
         def timed_start_response(status: str, headers: list, exc_info=None):
             elapsed = time.perf_counter() - started
             headers.append(("Server-Timing", f"app;dur={elapsed * 1000:.3f}"))
-            self._metrics.requests.labels(endpoint, status[:3]).inc()
-            self._metrics.latency.labels(endpoint).observe(elapsed)
+            key = (endpoint, status[:3])
+            counter = self._counted.get(key)
+            if counter is None:
+                counter = self._counted[key] = self._metrics.requests.labels(*key)
+            counter.inc()
+            timer = self._timed.get(endpoint)
+            if timer is None:
+                timer = self._timed[endpoint] = self._metrics.latency.labels(endpoint)
+            timer.observe(elapsed)
             return start_response(status, headers, exc_info)
 
         return self._app(environ, timed_start_response)
@@ -174,7 +184,6 @@ def create_app(
         metrics.errors.labels("internal").inc()
         return error_response(ApiError(500, "internal", "internal error; see the server log"))
 
-    @app.before_request
     def _require_key() -> None:
         if request.endpoint in PROTECTED:
             try:
@@ -184,6 +193,9 @@ def create_app(
                 log.warning("rejected %s %s from %s: bad or missing API key",
                             request.method, request.path, request.remote_addr)  # fmt: skip
                 raise
+
+    if keys.enabled:  # no per-request hook when there is nothing to check
+        app.before_request(_require_key)
 
     # --- endpoints ---------------------------------------------------------------------
 
