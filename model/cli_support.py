@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from common.cli_types import utc_time_arg
 from model.config import ModelConfig
 from model.dataset import DatasetError
 from model.detectors import DETECTORS
@@ -58,12 +59,8 @@ def detectors_arg(value: str) -> list[str]:
 
 
 def time_arg(value: str) -> int:
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {value!r}") from None
-    if parsed.tzinfo is None:
-        raise argparse.ArgumentTypeError("give a UTC offset, e.g. 2026-11-01T00:00:00Z")
+    """RFC 3339 with a UTC offset -> epoch nanoseconds (exact, via microseconds)."""
+    parsed = utc_time_arg(value)
     return (parsed - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
 
 

@@ -12,8 +12,8 @@ import logging
 import math
 import sys
 from contextlib import ExitStack
-from datetime import datetime
 
+from common.cli_types import utc_time_arg
 from common.config import ConfigError
 from common.logs import setup_logging
 from common.progress import Progress
@@ -48,13 +48,7 @@ def _speed(text: str) -> float:
 
 
 def _epoch(text: str) -> float:
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an RFC 3339 time: {text!r}") from None
-    if parsed.tzinfo is None:
-        raise argparse.ArgumentTypeError("give a UTC offset, e.g. 2026-01-05T06:00:00Z")
-    return parsed.timestamp()
+    return utc_time_arg(text).timestamp()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,11 +43,17 @@ properties = st.one_of(
 )
 
 
+# topic, payload, qos and packet id of a PUBLISH, for the decoding tests.
+PUBLISH_FIELDS = {
+    "topic": mqtt_text.filter(bool),
+    "payload": st.binary(max_size=300),
+    "qos": st.sampled_from([0, 1]),
+    "mid": st.integers(1, 65535),
+}
+
+
 @given(
-    topic=mqtt_text.filter(bool),
-    payload=st.binary(max_size=300),
-    qos=st.sampled_from([0, 1]),
-    mid=st.integers(1, 65535),
+    **PUBLISH_FIELDS,
     dup=st.booleans(),
     retain=st.booleans(),
     props=properties,
@@ -78,7 +84,7 @@ def test_a_truncated_packet_is_left_to_paho():
         paho_receives(Client, header, body[:-1])
 
 
-def _plainpaho_receives(header: int, body: bytes) -> tuple[list[tuple], list[mqtt.MQTTMessage]]:
+def _plain_received(header: int, body: bytes) -> tuple[list[tuple], list[mqtt.MQTTMessage]]:
     client = Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     client.manual_ack_set(True)
     plain: list[tuple] = []
@@ -93,13 +99,7 @@ def _plainpaho_receives(header: int, body: bytes) -> tuple[list[tuple], list[mqt
     return plain, full
 
 
-@given(
-    topic=mqtt_text.filter(bool),
-    payload=st.binary(max_size=300),
-    qos=st.sampled_from([0, 1]),
-    mid=st.integers(1, 65535),
-    with_props=st.booleans(),
-)
+@given(**PUBLISH_FIELDS, with_props=st.booleans())
 def test_plain_hook_gets_what_paho_decodes_and_on_message_the_rest(
     topic, payload, qos, mid, with_props
 ):
@@ -112,7 +112,7 @@ def test_plain_hook_gets_what_paho_decodes_and_on_message_the_rest(
         topic.encode(), payload, qos, mid if qos else 0, False, False, packed
     )
     paho = paho_receives(mqtt.Client, header, body)
-    plain, full = _plainpaho_receives(header, body)
+    plain, full = _plain_received(header, body)
     if with_props:
         assert not plain and _fields(full[0]) == _fields(paho)
     else:
@@ -121,7 +121,7 @@ def test_plain_hook_gets_what_paho_decodes_and_on_message_the_rest(
 
 def test_plain_hook_leaves_a_topic_that_is_not_utf8_to_paho():
     header, body = _publish_packet(b"factory/\xff/d/reading", b"{}", 1, 9, False, False, b"\x00")
-    plain, full = _plainpaho_receives(header, body)
+    plain, full = _plain_received(header, body)
     assert not plain and full[0].payload == b"{}"
 
 
