@@ -19,13 +19,15 @@ from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
 from api.auth import HEADER, KeyCheck
+from api.body import body_too_large, drain, read_body
 from api.config import ApiConfig
 from api.errors import ApiError, error_response, json_response
+from api.fast_predict import FastPredict
 from api.influx import InfluxQueryError, InfluxReader, InfluxUnavailable
 from api.metrics import ApiMetrics
 from api.model_holder import LoadedModel, ModelHolder
 from api.openapi import build_openapi
-from api.predict import parse_request, score, validate
+from api.predict import parse_request, predict_body
 from api.readiness import CachedCheck, mqtt_reachable
 from contract import DEFAULT_FIELDS
 from contract.topics import valid_name
@@ -55,10 +57,6 @@ _HTTP_CODES = {
     415: "unsupported_media_type",
 }
 DEFAULT_MINUTES = 15
-# A refused body up to this size is read and dropped before answering 413: closing a
-# socket with unread data resets the connection, and the client would never see the
-# answer.  Larger bodies get the reset.
-DRAIN_MAX_BYTES = 16 * 1024 * 1024
 
 
 class TimingMiddleware:
@@ -155,34 +153,37 @@ def create_app(
     app.extensions["model_holder"] = holder
     app.extensions["api_metrics"] = metrics
     app.extensions["api_config"] = cfg
-    app.wsgi_app = TimingMiddleware(app.wsgi_app, metrics)  # type: ignore[method-assign]
 
     # --- errors: always JSON, never an HTML page or a bare 500 -----------------------
 
+    def refused(err: ApiError) -> ApiError:
+        metrics.errors.labels(err.code).inc()
+        return err
+
+    def unexpected(method: str, path: str, exc: Exception) -> ApiError:
+        log.error("unexpected error on %s %s", method, path, exc_info=exc)
+        return refused(ApiError(500, "internal", "internal error; see the server log"))
+
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError) -> Response:
-        metrics.errors.labels(err.code).inc()
-        return error_response(err)
+        return error_response(refused(err))
 
     @app.errorhandler(HTTPException)
     def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         code = _HTTP_CODES.get(status, "http_error")
         message = exc.description or exc.name
-        if status == 413:
-            message = f"request body is over the limit of {cfg.limits.max_body_bytes} bytes"
-            _drain_body(request.environ)
         err = ApiError(status, code, message)
+        if status == 413:  # werkzeug's MAX_CONTENT_LENGTH, on any route
+            drain(request.environ)
+            err = body_too_large(cfg.limits.max_body_bytes)
         if status == 405 and exc.valid_methods:  # type: ignore[attr-defined]
             err.headers["Allow"] = ", ".join(exc.valid_methods)  # type: ignore[attr-defined]
-        metrics.errors.labels(code).inc()
-        return error_response(err)
+        return error_response(refused(err))
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        log.error("unexpected error on %s %s", request.method, request.path, exc_info=exc)
-        metrics.errors.labels("internal").inc()
-        return error_response(ApiError(500, "internal", "internal error; see the server log"))
+        return error_response(unexpected(request.method, request.path, exc))
 
     def _require_key() -> None:
         if request.endpoint in PROTECTED:
@@ -199,29 +200,22 @@ def create_app(
 
     # --- endpoints ---------------------------------------------------------------------
 
-    @app.post("/predict")
-    def predict() -> Response:
+    def answer_predict(mimetype: str, raw: bytes) -> Any:
         model = holder.get()  # one model for the whole request, even if a reload happens
-        parsed = parse_request(request, cfg.limits.max_records)
-        x = validate(parsed, model)
-        results = score(x, model)
-        anomalies = sum(r["is_anomaly"] for r in results)
-        metrics.records.observe(len(results))
-        metrics.scored.inc(len(results))
+        parsed = parse_request(mimetype, raw, cfg.limits.max_records)
+        body, count, anomalies = predict_body(parsed, model)
+        metrics.records.observe(count)
+        metrics.scored.inc(count)
         if anomalies:
             metrics.anomalies.inc(anomalies)
-        if parsed.single:
-            return json_response(results[0])
-        scorer = model.scorer
-        return json_response(
-            {
-                "model_version": scorer.version,
-                "threshold": round(scorer.threshold, 6),
-                "count": len(results),
-                "anomalies": anomalies,
-                "results": results,
-            }
-        )
+        return body
+
+    # POST /predict with a JSON body (and a valid key) is answered in front of Flask,
+    # by api.fast_predict; the rest comes here to be refused (415, 401) the Flask way.
+    @app.post("/predict")
+    def predict() -> Response:
+        raw = read_body(request.environ, cfg.limits.max_body_bytes)
+        return json_response(answer_predict(request.mimetype, raw))
 
     @app.get("/health")
     def health() -> Response:
@@ -304,22 +298,17 @@ def create_app(
     def index() -> Response:
         return Response(page, mimetype="text/html")
 
+    fast = FastPredict(
+        app.wsgi_app,
+        answer_predict,
+        keys=keys,
+        max_body_bytes=cfg.limits.max_body_bytes,
+        on_refused=refused,
+        on_unexpected=unexpected,
+    )
+    app.extensions["fast_predict"] = fast
+    app.wsgi_app = TimingMiddleware(fast, metrics)  # type: ignore[method-assign]
     return app
-
-
-def _drain_body(environ: dict[str, Any]) -> None:
-    try:
-        remaining = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return
-    if remaining > DRAIN_MAX_BYTES:
-        return
-    stream = environ["wsgi.input"]
-    while remaining > 0:
-        chunk = stream.read(min(65536, remaining))
-        if not chunk:
-            break
-        remaining -= len(chunk)
 
 
 _INT = re.compile(r"^\s*\d{1,9}\s*$")

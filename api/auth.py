@@ -24,6 +24,17 @@ class KeyCheck:
     def enabled(self) -> bool:
         return bool(self._keys)
 
+    def accepts(self, presented: str | None) -> bool:
+        """True if ``presented`` is one of the keys (False when keys are off)."""
+        if not presented or not self._keys:
+            return False
+        given = presented.encode("utf-8", errors="replace")
+        # Compare against every key so the time does not depend on which one matched.
+        matched = False
+        for key in self._keys:
+            matched |= hmac.compare_digest(given, key)
+        return matched
+
     def check(self, presented: str | None) -> None:
         """Raise ApiError(401) unless ``presented`` is one of the keys (or keys are off)."""
         if not self._keys:
@@ -35,12 +46,7 @@ class KeyCheck:
                 f"this endpoint needs an API key in the {HEADER} header",
                 headers={"WWW-Authenticate": HEADER},
             )
-        given = presented.encode("utf-8", errors="replace")
-        # Compare against every key so the time does not depend on which one matched.
-        matched = False
-        for key in self._keys:
-            matched |= hmac.compare_digest(given, key)
-        if not matched:
+        if not self.accepts(presented):
             raise ApiError(
                 401,
                 "unauthorized",

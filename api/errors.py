@@ -41,9 +41,13 @@ class ApiError(Exception):
         return {"error": err}
 
 
+def dumps(body: Any) -> bytes:
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+        dumps(body),
         status=status,
         mimetype="application/json",
         headers=headers,

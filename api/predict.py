@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from flask import Request
 
 from api.errors import ApiError
 from api.model_holder import LoadedModel
@@ -36,7 +35,7 @@ class ParsedRequest:
     single: bool
 
 
-def _is_json(mimetype: str) -> bool:
+def is_json(mimetype: str) -> bool:
     return mimetype == "application/json" or (
         mimetype.startswith("application/") and mimetype.endswith("+json")
     )
@@ -62,15 +61,15 @@ def _bounded_int(text: str) -> int | float:
     return int(text) if len(text) <= 18 else float(text)
 
 
-def parse_request(request: Request, max_records: int) -> ParsedRequest:
-    if not _is_json(request.mimetype):
-        shown = request.mimetype or "none"
+def parse_request(mimetype: str, raw: bytes, max_records: int) -> ParsedRequest:
+    """The records of a body sent with Content-Type ``mimetype`` (lower case, no
+    parameters), or ApiError."""
+    if not is_json(mimetype):
         raise ApiError(
             415,
             "unsupported_media_type",
-            f"Content-Type must be application/json, got {shown}",
+            f"Content-Type must be application/json, got {mimetype or 'none'}",
         )
-    raw = request.get_data(cache=False)
     if not raw.strip():
         raise ApiError(400, "empty_body", f"request body is empty; {_SHAPE_HINT}")
     obj = _loads(raw)
@@ -95,8 +94,8 @@ def parse_request(request: Request, max_records: int) -> ParsedRequest:
     return ParsedRequest(records, single)
 
 
-def validate(parsed: ParsedRequest, model: LoadedModel) -> np.ndarray:
-    """The (n, k) feature matrix in the model's column order, or ApiError(422)."""
+def validate(parsed: ParsedRequest, model: LoadedModel) -> list[list[float]]:
+    """The records' feature rows in the model's column order, or ApiError(422)."""
     features = model.scorer.features
     now_ns = time.time_ns()
     rows: list[list[float]] = []
@@ -129,33 +128,54 @@ def validate(parsed: ParsedRequest, model: LoadedModel) -> np.ndarray:
             index=first.get("index"),
             details=problems[1:],
         )
-    return np.array(rows, dtype=np.float64).reshape(len(rows), len(features))
+    return rows
 
 
-def score(x: np.ndarray, model: LoadedModel) -> list[dict[str, Any]]:
+def score(rows: list[list[float]], model: LoadedModel) -> list[dict[str, Any]]:
     """Score every row in one call; per row: score, decision, model and drivers."""
     scorer = model.scorer
-    if x.shape[0] == 0:
-        return []
-    scores = scorer.score(x)
-    flags = scorer.is_anomaly(scores)
-    z = scorer.explain(x)
     threshold = round(scorer.threshold, 6)
     version = scorer.version
     features = scorer.features
-    results = []
-    for i in range(x.shape[0]):
-        drivers = [
-            {"feature": name, "value": float(x[i, features.index(name)]), "z": round(zi, 3)}
-            for name, zi in scorer.top_contributors(z[i], DRIVERS)
-        ]
-        results.append(
-            {
-                "score": round(float(scores[i]), 6),
-                "is_anomaly": bool(flags[i]),
-                "threshold": threshold,
-                "model_version": version,
-                "drivers": drivers,
-            }
-        )
-    return results
+
+    def result(score: float, row: list[float], drivers: list[tuple[int, float]]) -> dict:
+        return {
+            "score": round(score, 6),
+            "is_anomaly": score >= scorer.threshold,
+            "threshold": threshold,
+            "model_version": version,
+            "drivers": [
+                {"feature": features[i], "value": row[i], "z": round(zi, 3)} for i, zi in drivers
+            ],
+        }
+
+    if len(rows) == 1:  # the usual request: no matrices for one row
+        value, z = scorer.score_row(rows[0])
+        return [result(value, rows[0], scorer.top_contributors_row(z, DRIVERS))]
+    if not rows:
+        return []
+    x = np.array(rows, dtype=np.float64)
+    scores = scorer.score(x)
+    z_all = scorer.explain(x)
+    return [
+        result(float(scores[i]), row, scorer.top_contributors_row(z_all[i].tolist(), DRIVERS))
+        for i, row in enumerate(rows)
+    ]
+
+
+def predict_body(parsed: ParsedRequest, model: LoadedModel) -> tuple[Any, int, int]:
+    """The response body for a parsed request, its record count and anomaly count."""
+    x = validate(parsed, model)
+    results = score(x, model)
+    anomalies = sum(r["is_anomaly"] for r in results)
+    if parsed.single:
+        return results[0], 1, anomalies
+    scorer = model.scorer
+    body = {
+        "model_version": scorer.version,
+        "threshold": round(scorer.threshold, 6),
+        "count": len(results),
+        "anomalies": anomalies,
+        "results": results,
+    }
+    return body, len(results), anomalies

@@ -51,6 +51,13 @@ class Calibration:
         # tanh form of the logistic: no overflow warnings for large |z|.
         return np.clip(0.5 + 0.5 * np.tanh(0.5 * z), 0.0, 1.0)
 
+    def apply_one(self, raw: float) -> float:
+        """``apply`` for one score: the same operations, with the one ufunc call that
+        has no exact Python equivalent (tanh) made on a 1-element array."""
+        z = (raw - self.center) / self.scale
+        t = float(np.tanh(np.array([0.5 * z]))[0])
+        return min(max(0.5 + 0.5 * t, 0.0), 1.0)
+
     def to_dict(self) -> dict[str, float]:
         return {"center": self.center, "scale": self.scale}
 

@@ -11,7 +11,8 @@ of ordinary readings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -28,6 +29,13 @@ class Envelope:
     high: np.ndarray
     scale: np.ndarray
     weight: float
+    # The bounds as Python floats, for penalty_one.
+    _low: tuple[float, ...] = field(init=False, repr=False, compare=False)
+    _high: tuple[float, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_low", tuple(float(v) for v in self.low))
+        object.__setattr__(self, "_high", tuple(float(v) for v in self.high))
 
     @classmethod
     def fit(cls, X: np.ndarray, weight: float = DEFAULT_WEIGHT) -> Envelope:
@@ -44,6 +52,17 @@ class Envelope:
             return np.zeros(X.shape[0])
         over = np.maximum(X - self.high, 0.0) + np.maximum(self.low - X, 0.0)
         return self.weight * (over / self.scale).sum(axis=1)
+
+    def penalty_one(self, row: Sequence[float]) -> float:
+        """``penalty`` of one row.  Inside the envelope (the usual case) that is exactly
+        0.0, found with plain comparisons; outside it, the numpy sum itself (its
+        summation order is numpy's to choose)."""
+        if self.weight == 0.0:
+            return 0.0
+        for value, low, high in zip(row, self._low, self._high, strict=True):
+            if not low <= value <= high:
+                return float(self.penalty(np.array([row], dtype=np.float64))[0])
+        return 0.0
 
     def to_dict(self) -> dict[str, object]:
         return {

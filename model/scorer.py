@@ -21,8 +21,9 @@ to pick up a newly activated model, load a new Scorer and swap the reference.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +81,12 @@ class Scorer:
 
             raw_fn = compiled_raw_scores(pipeline)
         self._raw_scores = raw_fn
+        # A compiled forest also scores a single row without numpy's 2-D overhead.
+        self._raw_one: Callable[[Sequence[float]], float] | None = getattr(
+            getattr(raw_fn, "__self__", None), "raw_score_one", None
+        )
+        self._mean_list = [float(v) for v in self._mean]
+        self._std_list = [float(v) for v in self._std]
         if not self.features:
             raise ValueError("model has no features")
         self.stream = StreamSpec.from_features(self.features)
@@ -131,6 +138,33 @@ class Scorer:
         """Calibrated anomaly scores in [0, 1], shape (n,); alert iff >= ``threshold``."""
         return self.calibration.apply(self.raw_score(X))
 
+    def score_row(self, row: Sequence[float]) -> tuple[float, list[float]]:
+        """One row (k numbers in ``features`` order): its calibrated score and its
+        z-deviations, equal to ``score`` and ``explain`` of the one-row matrix.
+
+        The API's single-record requests take this path: the same arithmetic on
+        Python floats where that is exact (IEEE +, -, *, / and comparisons), numpy
+        where it is not, and no 2-D array checks.  About half the time of
+        ``score`` + ``explain`` for one row.
+        """
+        k = len(self.features)
+        if len(row) != k:
+            raise ValueError(f"expected {k} values in the order {list(self.features)}")
+        for name, value in zip(self.features, row, strict=True):
+            if not math.isfinite(value):
+                raise ValueError(f"row 0: {name} is {value} (not finite)")
+        if self._raw_one is not None:
+            raw = self._raw_one(row)
+        else:
+            raw = float(self._raw_scores(np.array([row], dtype=np.float64))[0])
+        if self.envelope is not None:
+            raw = raw + self.envelope.penalty_one(row)
+        z = [
+            (value - mean) / std
+            for value, mean, std in zip(row, self._mean_list, self._std_list, strict=True)
+        ]
+        return self.calibration.apply_one(raw), z
+
     def is_anomaly(self, scores: np.ndarray) -> np.ndarray:
         return np.asarray(scores) >= self.threshold
 
@@ -150,6 +184,12 @@ class Scorer:
             raise ValueError(f"expected {len(self.features)} z-values, got {row_z.shape[0]}")
         order = np.argsort(-np.abs(row_z), kind="stable")[: max(n, 0)]
         return [(self.features[i], float(row_z[i])) for i in order]
+
+    def top_contributors_row(self, z: Sequence[float], n: int = 3) -> list[tuple[int, float]]:
+        """As :meth:`top_contributors` for the z-list of :meth:`score_row`, as
+        (feature index, z) pairs: the same order (a stable sort on -|z|)."""
+        order = sorted(range(len(z)), key=lambda i: -abs(z[i]))[: max(n, 0)]
+        return [(i, z[i]) for i in order]
 
 
 def _load_joblib(path: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ trained by the ``models_dir`` fixture; /api/recent reads a real InfluxDB."""
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import time
 from pathlib import Path
@@ -13,6 +14,8 @@ import numpy as np
 import orjson
 import pytest
 import urllib3
+from werkzeug.test import Client
+from werkzeug.wrappers import Response
 
 from api.app import create_app
 from api.config import (
@@ -323,6 +326,108 @@ def test_wrong_method_is_405_json(client, method, path):
 def test_unknown_path_is_404_json(client):
     resp = client.get("/no/such/thing")
     assert resp.status_code == 404 and error_of(resp)["code"] == "not_found"
+
+
+# --- the two ways into POST /predict -----------------------------------------------------
+
+
+@pytest.fixture
+def counted_app(models_dir):
+    """An app whose Flask /predict view counts its calls, and a client of the Flask
+    app alone (behind api.fast_predict), to compare the two ways in."""
+    app = create_app(_cfg(models_dir))
+    calls = []
+    view = app.view_functions["predict"]
+
+    def counting_view():
+        calls.append(1)
+        return view()
+
+    app.view_functions["predict"] = counting_view
+    return app, Client(app.extensions["fast_predict"].fallback, Response), calls
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        NORMAL,
+        [NORMAL, ANOMALOUS],
+        {"records": [ANOMALOUS]},
+        {"Temperature_C": 95.0, "Humidity_%": 12.0, "Sound_Volume_dB": 104.0},
+        {"temperature_c": 1.0},
+        [NORMAL, {"temperature_c": "hot", "humidity_pct": 40.0, "sound_db": 70.0}],
+        b"{not json",
+        b"  ",
+        b"[" + b"{}," * 200 + b"{}]",
+    ],
+)
+def test_fast_path_and_flask_route_answer_the_same(counted_app, body):
+    app, flask_only, calls = counted_app
+    fast = post(app.test_client(), body)
+    assert calls == []  # answered in front of Flask
+    slow = post(flask_only, body)
+    assert calls == [1]
+    assert (fast.status_code, fast.get_json()) == (slow.status_code, slow.get_json())
+    assert fast.headers["Content-Type"] == slow.headers["Content-Type"] == "application/json"
+    assert fast.headers["Content-Length"] == str(len(fast.data))
+    assert "app;dur=" in fast.headers["Server-Timing"]
+
+
+def test_chunked_body_over_the_limit_is_413_not_cut(models_dir):
+    """A chunked upload has no Content-Length: the limit is enforced while reading."""
+    client = create_app(_cfg(models_dir, limits=LimitsConfig(max_body_bytes=2048))).test_client()
+    # Cut at 2048 bytes this would still be a valid reading: it must be refused whole.
+    padded = orjson.dumps(NORMAL) + b" " * 4096
+
+    def chunked(data: bytes):
+        return client.post(
+            "/predict",
+            input_stream=io.BytesIO(data),
+            content_type="application/json",
+            headers={"Transfer-Encoding": "chunked"},
+            environ_overrides={"wsgi.input_terminated": True},
+        )
+
+    resp = chunked(padded)
+    assert resp.status_code == 413 and error_of(resp)["code"] == "body_too_large"
+    assert "limit of 2048 bytes" in error_of(resp)["message"]
+    assert chunked(orjson.dumps(NORMAL) + b" " * 100).status_code == 200
+
+
+def test_body_shorter_than_its_content_length_is_400(client):
+    resp = client.post(
+        "/predict",
+        data=orjson.dumps(NORMAL),
+        content_type="application/json",
+        environ_overrides={"CONTENT_LENGTH": "500"},
+    )
+    assert resp.status_code == 400
+    assert error_of(resp)["code"] == "bad_request" and "of 500 bytes" in error_of(resp)["message"]
+
+
+@pytest.mark.parametrize("body", [NORMAL, [NORMAL, NORMAL]])
+def test_a_scoring_failure_is_a_logged_and_counted_500(models_dir, caplog, body):
+    def broken_factory(path):
+        scorer = load_scorer(path)
+
+        def fail(*_args):
+            raise RuntimeError("disk gone")
+
+        scorer.score_row = fail  # type: ignore[method-assign]
+        scorer.score = fail  # type: ignore[method-assign]
+        return scorer
+
+    client = create_app(_cfg(models_dir), scorer_factory=broken_factory).test_client()
+    with caplog.at_level(logging.ERROR, logger="api.app"):
+        resp = post(client, body)
+    assert resp.status_code == 500
+    assert error_of(resp) == {
+        "status": 500,
+        "code": "internal",
+        "message": "internal error; see the server log",
+    }
+    assert "unexpected error on POST /predict" in caplog.text and "disk gone" in caplog.text
+    assert metric_value(client, "api_errors_total", code="internal") == 1
 
 
 # --- other endpoints --------------------------------------------------------------------

@@ -273,6 +273,27 @@ def test_real_server_enforces_limits_and_headers(start_api, private_models):
     assert resp.status == 415
     ok = server.request("POST", "/predict", NORMAL)
     assert ok.status == 200 and ok.headers["Server-Timing"].startswith("app;dur=")
+    # A chunked upload (no Content-Length) takes the Flask route: same answers, same limit.
+    assert _post_chunked(server, orjson.dumps(NORMAL)) == (200, ok.json())
+    bad = orjson.dumps([NORMAL, {"temperature_c": 1.0}])
+    assert _post_chunked(server, bad) == (422, server.request("POST", "/predict", bad).json())
+    status, body = _post_chunked(server, b"[" + b" " * 100_000 + b"]")
+    assert status == 413 and body["error"]["code"] == "body_too_large"
+
+
+def _post_chunked(server: ApiServer, body: bytes) -> tuple[int, dict]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        pieces = (body[i : i + 1000] for i in range(0, len(body), 1000))
+        conn.request(
+            "POST", "/predict", body=pieces, encode_chunked=True,
+            headers={"Content-Type": "application/json"},
+        )  # fmt: skip
+        resp = conn.getresponse()
+        assert resp.getheader("Content-Length") is not None
+        return resp.status, orjson.loads(resp.read())
+    finally:
+        conn.close()
 
 
 def test_unloadable_model_stops_start_up_with_a_clear_error(tmp_path):

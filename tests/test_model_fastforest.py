@@ -51,6 +51,9 @@ def assert_like_sklearn(model, X: np.ndarray) -> CompiledForest:
     for i in range(min(len(X), 5)):
         assert_same(forest.score_samples(X[i : i + 1]), expected[i : i + 1])
     assert_same(forest.score_samples(X[:SMALL_BATCH_ROWS]), expected[:SMALL_BATCH_ROWS])
+    if X.dtype == np.float64:  # raw_score_one takes Python floats: the float64 path
+        for i in range(min(len(X), 5)):
+            assert forest.raw_score_one(X[i].tolist()) == forest.raw_scores(X[i : i + 1])[0]
     return forest
 
 

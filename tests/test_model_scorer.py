@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from model import cli
 from model.artifact import (
@@ -286,6 +288,39 @@ def test_concurrent_scoring_matches_sequential(models_dir: Path) -> None:
         results = list(pool.map(scorer.score, batches))
     for got, want in zip(results, expected, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def _row_values(k: int):
+    """Rows around the training cluster, far outside the envelope, and beyond float32."""
+    near = [st.floats(m - 12 * sd, m + 12 * sd) for m, sd in zip(MEAN[:k], SD[:k], strict=True)]
+    wild = st.floats(-1e40, 1e40, allow_nan=False, allow_infinity=False)
+    return st.tuples(*[st.one_of(n, n, n, wild) for n in near]).map(list)
+
+
+@pytest.mark.parametrize("detector", ["isolation_forest", "pca_t2q"])
+def test_score_row_equals_the_matrix_path(tmp_path: Path, detector: str) -> None:
+    """The API's one-row path gives the very floats of score() and explain(), for the
+    compiled forest (its own one-row walk) and any other detector (the batch call)."""
+    pipeline, metadata = train(make_dataset(n=600), detector=detector, random_state=2)
+    save_artifact(tmp_path / "models", pipeline, metadata)
+    scorer = load_scorer(tmp_path / "models")
+    assert (scorer._raw_one is not None) == (detector == "isolation_forest")
+
+    @settings(max_examples=300, deadline=None)
+    @given(_row_values(3))
+    def check(row: list[float]) -> None:
+        value, z = scorer.score_row(row)
+        matrix = np.array([row])
+        assert value == scorer.score(matrix)[0]
+        assert z == scorer.explain(matrix)[0].tolist()
+        by_name = [(scorer.features[i], zi) for i, zi in scorer.top_contributors_row(z, 3)]
+        assert by_name == scorer.top_contributors(scorer.explain(matrix)[0], 3)
+
+    check()
+    with pytest.raises(ValueError, match="humidity_pct is nan"):
+        scorer.score_row([60.0, float("nan"), 70.0])
+    with pytest.raises(ValueError, match="expected 3 values"):
+        scorer.score_row([60.0, 45.0])
 
 
 def test_extra_feature_trains_and_scores_with_four_columns(tmp_path: Path) -> None:
