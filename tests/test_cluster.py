@@ -4,11 +4,15 @@ time, also when a gateway is killed mid-stream."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 
 from devstack.influxdb import query
 from devstack.mosquitto import Mosquitto
 from devstack.process import free_port, wait_until
+from gateway.cluster.broker_version import FIXED_IN, mosquitto_version
 from tests.conftest import TEST_DB, GatewayProcess
 from tests.helpers import Stream, count_points, python_module, summary, unique, wait_for_points
 
@@ -84,6 +88,15 @@ def test_three_gateways_share_the_stream(cluster, broker, influxdb):
     share = {gw.id: sum(seq.count(gw.id) for seq in by_device.values()) for gw in gws}
     assert all(share.values())
     print(f"3 gateways: published {published}, stored {published}, share {share}")
+    # Each gateway read the broker's retained $SYS/broker/version (it came with the
+    # subscription, long before the stream ended) and warns iff that version can stall.
+    binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    # `mosquitto -h` prints its version and exits non-zero.
+    banner = subprocess.run([binary, "-h"], check=False, capture_output=True, text=True).stdout
+    version = mosquitto_version(banner.splitlines()[0].encode())
+    assert version is not None, banner
+    warned = ["inflight-quota defect" in gw.log.read_text() for gw in gws]
+    assert warned == [version < FIXED_IN] * 3, (version, warned)
 
 
 def test_a_killed_gateway_loses_nothing(cluster, broker, influxdb):

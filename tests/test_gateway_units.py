@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from common.config import ConfigError, load_config, redacted
 from contract import Reading, Rejected
 from gateway.alerts import FIRING, PENDING, RESOLVED, AlertTracker
+from gateway.cluster.broker_version import FIXED_IN, mosquitto_version, stall_warning
 from gateway.config import (
     AlertConfig,
     AlertRule,
@@ -266,3 +267,29 @@ def test_reading_encoder_matches_the_generic_encoder():
         assert enc.encode(line, device, "v1", fields, 123) == encode_point(
             "reading", tags, fields, 123
         )
+
+
+# --- cluster: the broker version check ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "version", "warns"),
+    [
+        (b"mosquitto version 2.0.11", (2, 0, 11), True),
+        (b"mosquitto version 2.0.12\n", (2, 0, 12), True),
+        (b"mosquitto version 1.6.9", (1, 6, 9), True),
+        (b"mosquitto version 2.0.13", (2, 0, 13), False),
+        (b"mosquitto version 2.0.21", (2, 0, 21), False),
+        (b"mosquitto version 2.1.0", (2, 1, 0), False),
+        (b"VerneMQ 2.0", None, False),
+        (b"", None, False),
+        (b"\xff\xfe", None, False),
+    ],
+)
+def test_broker_version_warning(payload, version, warns):
+    assert mosquitto_version(payload) == version
+    warning = stall_warning(payload)
+    assert (warning is not None) == warns
+    if warns:
+        shown = ".".join(map(str, version))
+        assert f"Mosquitto {shown}" in warning and ".".join(map(str, FIXED_IN)) in warning

@@ -321,6 +321,20 @@ def test_dashboard_reads_alerts_only_and_cannot_publish(broker):
         dashboard.close()
 
 
+def test_gateway_may_read_the_broker_version(broker):
+    """Cluster gateways check it for a Mosquitto that can stall shared subscriptions."""
+    reader = Collector(
+        broker.port,
+        ["$SYS/broker/version"],
+        username="gateway",
+        password=broker.password("gateway"),
+    )
+    try:
+        reader.wait_for(lambda m: m.payload.startswith(b"mosquitto version "))
+    finally:
+        reader.close()
+
+
 def test_gateway_end_to_end_with_its_credentials(broker, influxdb, secured_gateway):
     line, device, other = unique("line"), unique("press"), unique("press")
     password = add_sensor(broker, line, device)

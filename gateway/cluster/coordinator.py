@@ -28,6 +28,7 @@ import time
 
 from common.mqtt import MqttSettings
 from gateway.cluster.assignment import owned_partitions, owner
+from gateway.cluster.broker_version import VERSION_TOPIC, stall_warning
 from gateway.cluster.sessions import ConsumerSession, RoutingSession, ready_topic
 from gateway.config import ClusterConfig
 from gateway.inbox import Inbox
@@ -67,6 +68,7 @@ class Coordinator:
         self._rescued: set[str] = set()
         self._ready: set[int] = set()
         self._ready_prefix = ready_topic(cfg.group, "")
+        self._warned_version = False  # once per process, not on every reconnect
         self._thread = threading.Thread(target=self._run, name="cluster", daemon=True)
         self.router = RoutingSession(
             mqtt_settings,
@@ -81,13 +83,19 @@ class Coordinator:
     @property
     def subscriptions(self) -> tuple[str, ...]:
         """What the gateway's main session must subscribe to for the coordinator."""
-        return (STATUS_SUBSCRIPTION, ready_topic(self._cfg.group, "+"))
+        return (STATUS_SUBSCRIPTION, ready_topic(self._cfg.group, "+"), VERSION_TOPIC)
 
     def _is_ready(self, partition: int) -> bool:
         return partition in self._ready
 
     # -- membership, fed by the main session's subscription to the status topics
     def handle_status(self, topic: str, payload: bytes) -> bool:
+        if topic == VERSION_TOPIC:
+            warning = stall_warning(payload)
+            if warning is not None and not self._warned_version:
+                self._warned_version = True
+                log.warning("%s", warning)
+            return True
         parts = topic.split("/")
         if topic.startswith(self._ready_prefix):
             if payload == b"ready" and parts[-1].isdigit():
