@@ -27,7 +27,7 @@ from api.influx import InfluxQueryError, InfluxReader, InfluxUnavailable
 from api.metrics import ApiMetrics
 from api.model_holder import LoadedModel, ModelHolder
 from api.openapi import build_openapi
-from api.predict import parse_request, predict_body
+from api.predict import check_media_type, parse_request, predict_body
 from api.readiness import CachedCheck, mqtt_reachable
 from contract import DEFAULT_FIELDS
 from contract.topics import valid_name
@@ -214,6 +214,7 @@ def create_app(
     # by api.fast_predict; the rest comes here to be refused (415, 401) the Flask way.
     @app.post("/predict")
     def predict() -> Response:
+        check_media_type(request.mimetype)  # before reading a body that will be refused
         raw = read_body(request.environ, cfg.limits.max_body_bytes)
         return json_response(answer_predict(request.mimetype, raw))
 

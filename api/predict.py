@@ -61,15 +61,19 @@ def _bounded_int(text: str) -> int | float:
     return int(text) if len(text) <= 18 else float(text)
 
 
-def parse_request(mimetype: str, raw: bytes, max_records: int) -> ParsedRequest:
-    """The records of a body sent with Content-Type ``mimetype`` (lower case, no
-    parameters), or ApiError."""
+def check_media_type(mimetype: str) -> None:
+    """ApiError(415) unless ``mimetype`` (lower case, no parameters) is JSON."""
     if not is_json(mimetype):
         raise ApiError(
             415,
             "unsupported_media_type",
             f"Content-Type must be application/json, got {mimetype or 'none'}",
         )
+
+
+def parse_request(mimetype: str, raw: bytes, max_records: int) -> ParsedRequest:
+    """The records of a body sent with Content-Type ``mimetype``, or ApiError."""
+    check_media_type(mimetype)
     if not raw.strip():
         raise ApiError(400, "empty_body", f"request body is empty; {_SHAPE_HINT}")
     obj = _loads(raw)

@@ -394,6 +394,12 @@ def test_chunked_body_over_the_limit_is_413_not_cut(models_dir):
     assert chunked(orjson.dumps(NORMAL) + b" " * 100).status_code == 200
 
 
+def test_wrong_content_type_is_refused_before_the_body_is_read(models_dir):
+    client = create_app(_cfg(models_dir, limits=LimitsConfig(max_body_bytes=2048))).test_client()
+    resp = client.post("/predict", data=b"x" * 4096, content_type="text/csv")
+    assert resp.status_code == 415 and error_of(resp)["code"] == "unsupported_media_type"
+
+
 def test_body_shorter_than_its_content_length_is_400(client):
     resp = client.post(
         "/predict",
