@@ -67,20 +67,25 @@ class FastPredict:
         self._on_refused = on_refused
         self._on_unexpected = on_unexpected
 
-    def _takes(self, environ: dict[str, Any]) -> bool:
+    def _taken(self, environ: dict[str, Any]) -> str | None:
+        """The JSON media type of a request answered here, or None (Flask answers it)."""
         if environ.get("PATH_INFO") != "/predict" or environ.get("REQUEST_METHOD") != "POST":
-            return False
-        if not is_json(content_type(environ)):
-            return False
-        return not self._keys.enabled or self._keys.accepts(environ.get(_KEY_ENVIRON))
+            return None
+        mimetype = content_type(environ)
+        if not is_json(mimetype):
+            return None
+        if self._keys.enabled and not self._keys.accepts(environ.get(_KEY_ENVIRON)):
+            return None
+        return mimetype
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
-        if not self._takes(environ):
+        mimetype = self._taken(environ)
+        if mimetype is None:
             return self.fallback(environ, start_response)
         headers: list[tuple[str, str]] = [_JSON]
         try:
             raw = read_body(environ, self._max_body)
-            body = dumps(self._answer(content_type(environ), raw))
+            body = dumps(self._answer(mimetype, raw))
             status = 200
         except ApiError as exc:
             err = self._on_refused(exc)

@@ -182,12 +182,11 @@ class Scorer:
         row_z = np.asarray(row_z, dtype=np.float64).ravel()
         if row_z.shape[0] != len(self.features):
             raise ValueError(f"expected {len(self.features)} z-values, got {row_z.shape[0]}")
-        order = np.argsort(-np.abs(row_z), kind="stable")[: max(n, 0)]
-        return [(self.features[i], float(row_z[i])) for i in order]
+        return [(self.features[i], zi) for i, zi in self.top_contributors_row(row_z.tolist(), n)]
 
     def top_contributors_row(self, z: Sequence[float], n: int = 3) -> list[tuple[int, float]]:
-        """As :meth:`top_contributors` for the z-list of :meth:`score_row`, as
-        (feature index, z) pairs: the same order (a stable sort on -|z|)."""
+        """The ``n`` largest |z| of one row as (feature index, z) pairs; ties keep the
+        feature order (a stable sort)."""
         order = sorted(range(len(z)), key=lambda i: -abs(z[i]))[: max(n, 0)]
         return [(i, z[i]) for i in order]
 
