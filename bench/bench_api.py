@@ -13,7 +13,10 @@ costs little CPU on this 2-core machine):
   p50/p99 seen by the client and inside the server (``Server-Timing`` header);
 * throughput: requests/s with several client processes sending back to back, on
   kept-alive connections and with a new connection per request (as clients that do
-  not keep a session do), measured in rounds that visit every server in turn.
+  not keep a session do), measured in rounds that visit every server in turn; per
+  round also the server's CPU per request (``/proc`` of all its processes) and how the
+  kept-alive connections spread over its processes (``/proc/net/tcp``);
+* the app alone: one-record ``/predict`` with the WSGI app called in-process.
 
 Without ``--model`` a model is trained first on simulator data with the real CLI
 (``python -m sensors.simulate`` + ``python -m model train``).  Prints tables; exits
@@ -27,89 +30,22 @@ import json
 import math
 import multiprocessing as mp
 import os
-import re
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.rawhttp import RawClient, build_request
+from bench.resources import connections_by_process, cpu_seconds, process_tree
 from devstack.process import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORD = {"temperature_c": 62.0, "humidity_pct": 44.0, "sound_db": 76.0}
-_TIMING = re.compile(rb"server-timing: *app;dur=([0-9.]+)", re.IGNORECASE)
-
-
-# --- a minimal HTTP/1.1 client: keep-alive, prebuilt request bytes ---------------------------
-
-
-class RawClient:
-    def __init__(self, port: int):
-        self._port = port
-        self._sock: socket.socket | None = None
-        self._buf = b""
-
-    def _connect(self) -> None:
-        self._sock = socket.create_connection(("127.0.0.1", self._port), timeout=30)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._buf = b""
-
-    def close(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-    def request(self, raw: bytes) -> tuple[int, float | None]:
-        """Send one request; returns (status, server-side ms or None)."""
-        for attempt in (1, 2):
-            if self._sock is None:
-                self._connect()
-            try:
-                return self._exchange(raw)
-            except (ConnectionError, BrokenPipeError):
-                # An idle keep-alive connection the server closed: reconnect once.
-                self.close()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def _read_more(self) -> None:
-        assert self._sock is not None
-        chunk = self._sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        self._buf += chunk
-
-    def _exchange(self, raw: bytes) -> tuple[int, float | None]:
-        assert self._sock is not None
-        self._sock.sendall(raw)
-        while b"\r\n\r\n" not in self._buf:
-            self._read_more()
-        head, _, rest = self._buf.partition(b"\r\n\r\n")
-        status = int(head[9:12])
-        lower = head.lower()
-        match = re.search(rb"content-length: *(\d+)", lower)
-        length = int(match.group(1)) if match else 0
-        self._buf = rest
-        while len(self._buf) < length:
-            self._read_more()
-        self._buf = self._buf[length:]
-        if b"connection: close" in lower or b"connection: close" in raw[:200].lower():
-            self.close()
-        timing = _TIMING.search(head)
-        return status, float(timing.group(1)) if timing else None
-
-
-def build_request(port: int, body: bytes, keep_alive: bool = True) -> bytes:
-    close = "" if keep_alive else "Connection: close\r\n"
-    return (
-        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{close}"
-        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
 
 
 # --- measurements --------------------------------------------------------------------------
@@ -182,18 +118,42 @@ def measure_latency(port: int, body: bytes, count: int) -> Latency:
     )
 
 
+@dataclass
+class Round:
+    rate: float  # requests/s
+    errors: int
+    # Server CPU per request over the round (all its processes), µs; and the kernel's part.
+    cpu_us: float
+    kernel_us: float
+    # Kept-alive connections held by each server process halfway through, largest first.
+    spread: list[int]
+
+
 def measure_throughput(
-    port: int, body: bytes, clients: int, duration_s: float, keep_alive: bool = True
-) -> tuple[float, int]:
+    server: Server, body: bytes, clients: int, duration_s: float, keep_alive: bool = True
+) -> Round:
     """Requests/s with ``clients`` processes sending back to back for ``duration_s``
-    (on one kept-alive connection each, or a new connection per request)."""
+    (on one kept-alive connection each, or a new connection per request), with the
+    server's CPU per request and, halfway, how its connections spread over processes."""
+    assert server.proc is not None
+    pids = process_tree(server.proc.pid)
     start_at = time.time() + 0.5
     stop_at = start_at + duration_s
+    spread: list[int] = []
+
+    def look() -> None:
+        held = connections_by_process(server.port, pids).values()
+        spread.extend(sorted((n for n in held if n), reverse=True))
+
+    probe = threading.Timer(start_at + duration_s / 2 - time.time(), look)
+    user0, kernel0 = cpu_seconds(pids)
+    probe.start()
     pipes, procs = [], []
     for _ in range(clients):
         ours, theirs = mp.Pipe()
         proc = mp.Process(
-            target=_throughput_worker, args=(port, body, keep_alive, start_at, stop_at, theirs)
+            target=_throughput_worker,
+            args=(server.port, body, keep_alive, start_at, stop_at, theirs),
         )
         proc.start()
         pipes.append(ours)
@@ -201,7 +161,16 @@ def measure_throughput(
     results = [p.recv() for p in pipes]
     for proc in procs:
         proc.join()
-    return sum(r[0] for r in results) / duration_s, sum(r[1] for r in results)
+    probe.join()
+    user, kernel = (b - a for a, b in zip((user0, kernel0), cpu_seconds(pids), strict=True))
+    done = max(sum(r[0] for r in results), 1)
+    return Round(
+        rate=sum(r[0] for r in results) / duration_s,
+        errors=sum(r[1] for r in results),
+        cpu_us=(user + kernel) / done * 1e6,
+        kernel_us=kernel / done * 1e6,
+        spread=spread,
+    )
 
 
 # --- servers -----------------------------------------------------------------------------
@@ -314,6 +283,69 @@ def serve_naive(model: Path, port: int) -> None:
     app.run(host="127.0.0.1", port=port, threaded=True)
 
 
+def in_process_us(model: Path, count: int) -> float:
+    """µs per one-record ``POST /predict`` with the WSGI app called directly (no HTTP,
+    no gunicorn): what the app itself costs.  Runs in a fresh interpreter."""
+    argv = [sys.executable, "-m", "bench.bench_api", "--in-process", str(count)]
+    out = subprocess.run(
+        [*argv, "--model", str(model)],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return float(out.stdout.split()[-1])
+
+
+def serve_in_process(model: Path, count: int) -> None:
+    import io
+
+    from api.app import create_app
+    from api.config import ApiConfig, ModelConfig
+
+    app = create_app(ApiConfig(model=ModelConfig(path=str(model), check_interval_s=0)))
+    body = json.dumps(RECORD).encode()
+    base = {
+        "REQUEST_METHOD": "POST", "PATH_INFO": "/predict", "SERVER_NAME": "bench",
+        "SERVER_PORT": "5000", "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http",
+        "CONTENT_TYPE": "application/json", "CONTENT_LENGTH": str(len(body)),
+        "wsgi.errors": sys.stderr,
+    }  # fmt: skip
+    statuses: list[str] = []
+
+    def one() -> None:
+        out = app(
+            {**base, "wsgi.input": io.BytesIO(body)}, lambda st, _h, _e=None: statuses.append(st)
+        )
+        b"".join(out)
+
+    for _ in range(min(500, count)):  # warm-up
+        one()
+    started = time.perf_counter()
+    for _ in range(count):
+        one()
+    elapsed = time.perf_counter() - started
+    if any(not st.startswith("200") for st in statuses):
+        raise SystemExit(f"in-process /predict failed: {set(statuses)}")
+    print(f"{elapsed / count * 1e6:.1f}")
+
+
+# The default (config/api.toml) first, then the alternatives, then the naive approach.
+DEFAULT_SETUPS = "gthread:2x2,sync:3,sync:2,naive"
+
+
+def make_server(setup: str, model: Path) -> Server:
+    kind, _, size = setup.strip().partition(":")
+    try:
+        if kind == "naive" and not size:
+            return naive_server(model)
+        if kind == "gthread":
+            workers, threads = (int(n) for n in size.split("x"))
+            return api_server(model, kind, workers, threads)
+        if kind == "sync":
+            return api_server(model, kind, int(size), 1)
+    except ValueError:
+        pass
+    raise SystemExit(f"--setups: cannot read {setup!r} (gthread:2x2, sync:3 or naive)")
+
+
 # --- the run -------------------------------------------------------------------------------
 
 
@@ -358,6 +390,7 @@ def run_all(servers: list[Server], args: argparse.Namespace) -> list[dict[str, o
                     "batch": hundred,
                     "errors": errors,
                     "runs": runs,
+                    "keep_alive_rounds": [],
                 }
             )
         for round_no in range(1, args.repeat + 1):
@@ -368,11 +401,11 @@ def run_all(servers: list[Server], args: argparse.Namespace) -> list[dict[str, o
                     ("new_connection", single, False),
                     ("batch", batch, True),
                 ):
-                    rate, failed = measure_throughput(
-                        server.port, body, args.clients, args.duration, keep_alive
-                    )
-                    row["runs"][kind].append(rate)  # type: ignore[index]
-                    row["errors"] += failed  # type: ignore[operator]
+                    got = measure_throughput(server, body, args.clients, args.duration, keep_alive)
+                    row["runs"][kind].append(got.rate)  # type: ignore[index]
+                    row["errors"] += got.errors  # type: ignore[operator]
+                    if kind == "keep_alive":
+                        row["keep_alive_rounds"].append(got)  # type: ignore[attr-defined]
     finally:
         for server in servers:
             server.__exit__()
@@ -411,6 +444,19 @@ def print_report(rows: list[dict[str, object]], clients: int) -> None:
             f" {r['batch_rps']:>8.0f} ({r['batch_rps'] * 100:>10,.0f})"
         )
     print()
+    print("Each round, 1 record keep-alive: requests/s [kept-alive connections per server process]")
+    for r in rows:
+        rounds = r["keep_alive_rounds"]
+        shown = "  ".join(f"{x.rate:,.0f} [{'+'.join(map(str, x.spread)) or '-'}]" for x in rounds)
+        print(f"  {r['name']:<44} {shown}")
+    print()
+    print("Server CPU per request, 1 record keep-alive (all server processes; median of rounds)")
+    for r in rows:
+        rounds = r["keep_alive_rounds"]
+        cpu = statistics.median(x.cpu_us for x in rounds)
+        kernel = statistics.median(x.kernel_us for x in rounds)
+        print(f"  {r['name']:<44} {cpu:>6,.0f} µs, {kernel:,.0f} µs of it in the kernel")
+    print()
     print(f"errors: {sum(r['errors'] for r in rows)}")
 
 
@@ -422,13 +468,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="throughput rounds (median shown)")
     parser.add_argument("--clients", type=int, default=4, help="client processes for throughput")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument(
+        "--setups",
+        default=DEFAULT_SETUPS,
+        help=f"servers to compare, comma-separated (default: {DEFAULT_SETUPS}): "
+        "gthread:<workers>x<threads>, sync:<workers>, naive",
+    )
     parser.add_argument("--serve-naive", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--in-process", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_naive:
         serve_naive(args.model, args.port)
         return 0
+    if args.in_process:
+        serve_in_process(args.model, args.in_process)
+        return 0
 
+    setups = args.setups.split(",")
+    for setup in setups:  # refuse a typo before training a model
+        make_server(setup, Path("."))
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
         model = ensure_model(args.model, Path(tmp))
         print(
@@ -436,14 +495,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{os.getloadavg()[0]:.1f}; throughput: median of {args.repeat} rounds "
             f"of {args.duration:g} s"
         )
-        servers = [
-            api_server(model, "gthread", 2, 2),  # the default (config/api.toml)
-            api_server(model, "sync", 3, 1),
-            api_server(model, "sync", 2, 1),
-            naive_server(model),
-        ]
+        servers = [make_server(setup, model) for setup in setups]
         rows = run_all(servers, args)
+        app_us = in_process_us(model, 5000)
     print_report(rows, args.clients)
+    print(f"in-process: {app_us:.0f} µs per 1-record /predict (the WSGI app called directly)")
     if args.json:
         args.json.write_text(json.dumps(rows, default=lambda o: o.__dict__, indent=2))
     return 1 if any(r["errors"] for r in rows) else 0

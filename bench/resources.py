@@ -105,3 +105,74 @@ class ResourceSampler(threading.Thread):
         out["machine"] = {"cpu_pct": round(machine, 1)}
         out["other"] = {"cpu_pct": round(max(machine - ours, 0.0), 1)}
         return out
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (e.g. a gunicorn master and its workers)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except FileNotFoundError:
+            continue
+        for tid in tasks:
+            try:
+                with open(f"/proc/{current}/task/{tid}/children") as fh:
+                    todo.extend(int(child) for child in fh.read().split())
+            except FileNotFoundError:
+                pass
+    return found
+
+
+def cpu_seconds(pids: list[int]) -> tuple[float, float]:
+    """(user, kernel) CPU seconds used so far by the live processes among ``pids``."""
+    user = kernel = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                stat = fh.read()
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        user += int(fields[11])
+        kernel += int(fields[12])
+    return user / _CLK_TCK, kernel / _CLK_TCK
+
+
+def _established_inodes(port: int) -> set[str]:
+    """Socket inodes of established TCP connections whose local port is ``port``."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as fh:
+                rows = fh.read().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for row in rows:
+            cols = row.split()
+            if cols[3] == "01" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(cols[9])
+    return inodes
+
+
+def connections_by_process(port: int, pids: list[int]) -> dict[int, int]:
+    """Established connections on local ``port`` held by each process in ``pids``."""
+    inodes = _established_inodes(port)
+    held = {}
+    for pid in pids:
+        count = 0
+        try:
+            fds = os.listdir(f"/proc/{pid}/fd")
+        except (FileNotFoundError, PermissionError):
+            continue
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target[8:-1] in inodes:
+                count += 1
+        held[pid] = count
+    return held
