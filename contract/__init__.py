@@ -19,6 +19,14 @@ from contract.reading import (
     encode_reading,
     normalise_record,
 )
+from contract.timestamps import (
+    CsvTimeRules,
+    EpochUnitError,
+    TimestampError,
+    parse_csv_ns,
+    parse_wire_ns,
+    timezone_named,
+)
 from contract.topics import (
     READING_SUBSCRIPTION,
     alert_topic,
@@ -32,17 +40,23 @@ __all__ = [
     "DEFAULT_FIELDS",
     "FIELD_ALIASES",
     "READING_SUBSCRIPTION",
+    "CsvTimeRules",
     "DecodeLimits",
+    "EpochUnitError",
     "FieldSpec",
     "Reading",
     "Rejected",
+    "TimestampError",
     "alert_topic",
     "canonical_field",
     "deadletter_topic",
     "decode_reading",
     "encode_reading",
     "normalise_record",
+    "parse_csv_ns",
     "parse_reading_topic",
+    "parse_wire_ns",
     "reading_topic",
     "status_topic",
+    "timezone_named",
 ]

@@ -21,8 +21,11 @@ from model.cli_support import (
     AUTO_FAULT_COLUMN,
     AUTO_LABEL_COLUMN,
     SCORE_CHUNK_ROWS,
+    add_csv_time_options,
+    add_train_part_options,
     delimiter_arg,
     detectors_arg,
+    device_columns_arg,
     feature_sets_arg,
     features_arg,
     param_arg,
@@ -50,14 +53,16 @@ def _csv_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="skip rows with missing/non-numeric feature values instead of failing",
     )
+    add_csv_time_options(parser)
 
 
 def _training_options(p: argparse.ArgumentParser) -> None:
     """Options shared by train and compare; None = from the config (see model.config)."""
-    p.add_argument("--timestamp-column", help="default: ts when stream features are used")
-    p.add_argument("--device-columns", type=features_arg,
+    p.add_argument("--timestamp-column", help="default: ts, timestamp, time, ... when needed")
+    p.add_argument("--device-columns", type=device_columns_arg,
                    help="columns naming the device for stream features "
-                        f"(default: {','.join(DEFAULT_GROUP_COLUMNS)} if present)")  # fmt: skip
+                        f"(default: {','.join(DEFAULT_GROUP_COLUMNS)} if present; "
+                        "'' or no device column: the file is one device)")  # fmt: skip
     p.add_argument("--label-column", help="1/true/<fault name> = anomaly, 0/false/normal = not")
     p.add_argument("--fault-column", help="fault type per row, for per-fault recall")
     p.add_argument("--seed", type=int)
@@ -90,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--param", type=param_arg, action="append", default=[], metavar="KEY=VALUE",
                    help="detector parameter, e.g. n_estimators=200 (repeatable)")  # fmt: skip
     p.add_argument("--no-activate", action="store_true", help="do not switch 'current'")
+    add_train_part_options(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="train detectors on the same split and compare them")
@@ -110,9 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", help="default: the column the model was trained with")
     p.add_argument("--fault-column", help="default: the column the model was trained with")
     p.add_argument("--out", type=Path, help="write the metrics as JSON here")
-    p.add_argument("--timestamp-column", help="stream-feature models: default ts")
-    p.add_argument("--device-columns", type=features_arg,
-                   help="stream-feature models: default line,device")  # fmt: skip
+    p.add_argument("--timestamp-column", help="stream-feature models: default ts, timestamp, ...")
+    p.add_argument("--device-columns", type=device_columns_arg,
+                   help="stream-feature models: default line,device ('' = one device)")  # fmt: skip
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("score", help="add score and is_anomaly columns to a CSV")
@@ -121,9 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="default: <models-dir>/current")
     p.add_argument("--models-dir", type=Path)
     p.add_argument("--chunk-rows", type=int, default=SCORE_CHUNK_ROWS)
-    p.add_argument("--timestamp-column", help="stream-feature models: default ts")
-    p.add_argument("--device-columns", type=features_arg,
-                   help="stream-feature models: default line,device")  # fmt: skip
+    p.add_argument("--timestamp-column", help="stream-feature models: default ts, timestamp, ...")
+    p.add_argument("--device-columns", type=device_columns_arg,
+                   help="stream-feature models: default line,device ('' = one device)")  # fmt: skip
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("retrain", help="retrain from InfluxDB history; promote if not worse")

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from common.progress import Progress
+from contract.timestamps import TimestampError, ns_to_rfc3339, parse_csv_ns
 from model.artifact import read_metadata, save_artifact
 from model.cli_support import (
     AUTO_FAULT_COLUMN,
@@ -30,6 +31,7 @@ from model.cli_support import (
     output_dir_for,
     pick,
     summary_lines,
+    time_rules_of,
     write_atomic_text,
 )
 from model.compare import compare, format_table
@@ -43,7 +45,7 @@ from model.dataset import (
     fault_labels,
     load_csv,
 )
-from model.metrics import evaluate
+from model.metrics import alarm_summary, evaluate
 from model.scorer import Scorer, load_scorer
 from model.stream_features import OutOfOrderReading, RollingWindow
 from model.training import train
@@ -78,7 +80,12 @@ def _header(path: Path, delimiter: str) -> list[str]:
 
 
 def _load_training_csv(
-    args: argparse.Namespace, features: list[str] | None, label: str | None, fault: str | None
+    args: argparse.Namespace,
+    features: list[str] | None,
+    label: str | None,
+    fault: str | None,
+    *,
+    parse_timestamps: bool = False,
 ) -> Dataset:
     progress = Progress(None, "loading", _LOG)
     dataset = load_csv(
@@ -90,6 +97,8 @@ def _load_training_csv(
         fault_column=fault,
         drop_invalid=args.drop_invalid,
         group_columns=args.device_columns,
+        parse_timestamps=parse_timestamps,
+        time_rules=time_rules_of(args),
     )
     progress.advance(len(dataset))
     progress.done()
@@ -101,17 +110,75 @@ def _load_training_csv(
     return dataset
 
 
+def _split_training_part(
+    args: argparse.Namespace, dataset: Dataset
+) -> tuple[Dataset, Dataset, dict[str, Any]]:
+    """--train-rows / --train-until: (training part, evaluation part, description)."""
+    if args.train_rows is not None:
+        head, rest = dataset.split_at(rows=args.train_rows)
+        described: dict[str, Any] = {"first_rows": args.train_rows}
+        if args.train_rows > len(dataset):
+            _LOG.warning("--train-rows %d: the data has only %d rows", args.train_rows, len(head))
+    else:
+        try:
+            until_ns = parse_csv_ns(args.train_until, time_rules_of(args))
+        except TimestampError as exc:
+            raise DatasetError(f"--train-until {exc}") from None
+        head, rest = dataset.split_at(until_ns=until_ns)
+        described = {"until": ns_to_rfc3339(until_ns)}
+        if not len(head):
+            first = ns_to_rfc3339(int(dataset.ts_ns.min())) if dataset.ts_ns is not None else "?"
+            raise DatasetError(
+                f"{args.csv.name}: no rows before --train-until {ns_to_rfc3339(until_ns)} "
+                f"(the earliest row is {first}; naive times are read in --timezone)"
+            )
+    if not len(rest):
+        _LOG.warning("the training part takes every row: nothing left to evaluate on")
+    described.update(rows=len(head), evaluated_rows=len(rest))
+    return head, rest, described
+
+
+def _evaluate_rest(pipeline: Any, metadata: dict[str, Any], rest: Dataset) -> dict[str, Any] | None:
+    if not len(rest):
+        return None
+    scorer = Scorer(pipeline, {**metadata, "version": "candidate"}, ".")
+    scores = _score_dataset(scorer, rest.X)
+    if rest.y is None:
+        return alarm_summary(scores, scorer.threshold)
+    return evaluate(scores, rest.y, scorer.threshold, faults=rest.faults)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     t = config_of(args).train
     detector = args.detector or t.detector
     features = args.features or (list(t.features) or None)
-    dataset = _load_training_csv(args, features, args.label_column, args.fault_column)
-    pipeline, metadata = train(
-        dataset,
-        detector=detector,
-        params={**t.detector_params(detector), **dict(args.param)},
-        **_train_options(args),
+    # Before wiring in model/cli.py the parser may lack these: the random split then.
+    args.train_rows = getattr(args, "train_rows", None)
+    args.train_until = getattr(args, "train_until", None)
+    by_part = args.train_rows is not None or args.train_until is not None
+    if by_part and args.test_fraction is not None:
+        raise DatasetError(
+            "--test-fraction does not apply with --train-rows/--train-until: "
+            "every row outside the training part is the test part"
+        )
+    dataset = _load_training_csv(
+        args,
+        features,
+        args.label_column,
+        args.fault_column,
+        parse_timestamps=args.train_until is not None,
     )
+    options = _train_options(args)
+    params = {**t.detector_params(detector), **dict(args.param)}
+    if not by_part:
+        pipeline, metadata = train(dataset, detector=detector, params=params, **options)
+    else:
+        head, rest, described = _split_training_part(args, dataset)
+        options["test_fraction"] = 0.0  # every other row is the test part
+        pipeline, metadata = train(head, detector=detector, params=params, **options)
+        metadata["metrics"]["test"] = _evaluate_rest(pipeline, metadata, rest)
+        metadata["training"]["split"]["test"] = len(rest)
+        metadata["training"]["split"]["train_part"] = described
     models_dir = models_dir_of(args)
     version_dir = save_artifact(models_dir, pipeline, metadata, activate=not args.no_activate)
     meta = read_metadata(version_dir)
@@ -217,6 +284,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             drop_invalid=args.drop_invalid,
             timestamp_column=args.timestamp_column,
             group_columns=args.device_columns,
+            time_rules=time_rules_of(args),
         )
         all_scores = _score_dataset(scorer, data.X)
         all_labels = data.y if data.y is not None else fault_labels(data.faults)
@@ -333,12 +401,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     else:
         options = {
             "features": list(scorer.raw_fields),
-            "timestamp_column": args.timestamp_column or "ts",
+            "timestamp_column": args.timestamp_column,
             "group_columns": args.device_columns
-            or auto_group_columns(args.csv, args.delimiter, list(scorer.raw_fields)),
+            if args.device_columns is not None
+            else auto_group_columns(args.csv, args.delimiter, list(scorer.raw_fields)),
             "parse_ts": True,
         }
-    with CsvSource(args.csv, delimiter=args.delimiter, **options) as source:
+    with CsvSource(
+        args.csv, delimiter=args.delimiter, time_rules=time_rules_of(args), **options
+    ) as source:
         header = list(source.header)
         score_col = _unique_column(header, "score")
         flag_col = _unique_column([*header, score_col], "is_anomaly")

@@ -7,11 +7,17 @@ import json
 import os
 import sys
 import tempfile
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, tzinfo
 from pathlib import Path
 from typing import Any
 
-from common.cli_types import utc_time_arg
+from contract.timestamps import (
+    EPOCH_UNITS,
+    CsvTimeRules,
+    TimestampError,
+    parse_wire_ns,
+    timezone_named,
+)
 from model.config import ModelConfig
 from model.dataset import DatasetError
 from model.detectors import DETECTORS
@@ -37,8 +43,65 @@ def delimiter_arg(value: str) -> str:
 def features_arg(value: str) -> list[str]:
     names = [v.strip() for v in value.split(",") if v.strip()]
     if not names:
-        raise argparse.ArgumentTypeError("--features needs at least one column name")
+        # argparse prefixes "argument --<flag>:", so the message names the right flag.
+        raise argparse.ArgumentTypeError("needs at least one column name")
     return names
+
+
+def device_columns_arg(value: str) -> list[str]:
+    """Comma-separated columns naming the device; '' = the file is one device."""
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def timezone_arg(value: str) -> tzinfo:
+    try:
+        return timezone_named(value)
+    except TimestampError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def positive_int_arg(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def add_csv_time_options(p: argparse.ArgumentParser) -> None:
+    """How the CSV commands read timestamps (see contract.timestamps)."""
+    p.add_argument("--timezone", type=timezone_arg, default=UTC, metavar="NAME",
+                   help="zone of timestamps without a UTC offset (in the CSV and in "
+                        "--train-until), e.g. Europe/Berlin (default UTC)")  # fmt: skip
+    p.add_argument("--epoch-unit", choices=list(EPOCH_UNITS), default="s",
+                   help="unit of numeric timestamps (default s; milliseconds are never "
+                        "guessed: a too-large value is an error naming this flag)")  # fmt: skip
+
+
+def add_train_part_options(p: argparse.ArgumentParser) -> None:
+    """``train``: fit on the beginning of the file and evaluate on the rest."""
+    group = p.add_argument_group(
+        "training part",
+        "By default the rows are split at random (--seed, --validation-fraction, "
+        "--test-fraction). These options take the training part from the beginning of "
+        "the file instead; the threshold's validation rows are drawn from it, and every "
+        "other row is the evaluation (test) part.",
+    )
+    part = group.add_mutually_exclusive_group()
+    part.add_argument("--train-rows", type=positive_int_arg, metavar="N",
+                      help="train on the first N usable rows")  # fmt: skip
+    part.add_argument("--train-until", metavar="TIME",
+                      help="train on the rows stamped before TIME (ISO 8601 or epoch; "
+                           "without an offset: in --timezone)")  # fmt: skip
+
+
+def time_rules_of(args: argparse.Namespace) -> CsvTimeRules:
+    # getattr: commands whose parser has no --timezone/--epoch-unit read by the defaults.
+    return CsvTimeRules(
+        timezone=getattr(args, "timezone", UTC), epoch_unit=getattr(args, "epoch_unit", "s")
+    )
 
 
 def feature_sets_arg(value: str) -> list[list[str]]:
@@ -59,9 +122,11 @@ def detectors_arg(value: str) -> list[str]:
 
 
 def time_arg(value: str) -> int:
-    """RFC 3339 with a UTC offset -> epoch nanoseconds (exact, via microseconds)."""
-    parsed = utc_time_arg(value)
-    return (parsed - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+    """RFC 3339 with a UTC offset -> epoch nanoseconds (exact), by the wire's rules."""
+    try:
+        return parse_wire_ns(value, "time")
+    except TimestampError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def param_arg(value: str) -> tuple[str, Any]:
@@ -160,6 +225,13 @@ def summary_lines(meta: dict[str, Any], active: str | None = None) -> list[str]:
         f"trained on {training.get('source')}: {training.get('rows')} rows "
         f"(fit on {training.get('fit_on')}), sha256 {str(training.get('data_sha256'))[:12]}",
     ]
+    part = training.get("split", {}).get("train_part")
+    if part:
+        first = f"first {part['first_rows']} rows" if "first_rows" in part else None
+        lines.append(
+            f"split      trained on the {first or 'rows before ' + str(part.get('until'))} "
+            f"({part.get('rows')} rows); tested on the other {part.get('evaluated_rows')}"
+        )
     stream = meta.get("stream_features")
     if stream:
         windows = ", ".join(f"{k} {v}" for k, v in stream["window"].items())

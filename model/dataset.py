@@ -12,9 +12,14 @@ normal, ok, empty, ...) mean "normal", anything else means "anomaly".
 
 Stream features (``temperature_c__std_10``, see :mod:`model.stream_features`) are not
 CSV columns: :func:`load_csv` reads the fields they need plus the timestamp and device
-columns (``ts``; ``line`` and ``device`` by default), computes them per device in time
-order, and drops each device's warm-up rows and repeated (device, ts) rows, counting
-both.
+columns, computes them per device in time order, and drops each device's warm-up rows
+and repeated (device, ts) rows, counting both.  The timestamp column defaults to the
+first of ``ts``, ``timestamp``, ``time``, ... in the header; the device columns to
+``line`` and ``device``; a file without a ``device`` column is one device.
+
+Timestamps are read by :func:`contract.timestamps.parse_csv_ns` under a
+:class:`~contract.timestamps.CsvTimeRules` (naive times in a given zone, default UTC;
+epoch seconds unless told otherwise).
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import logging
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import IO
@@ -33,6 +37,13 @@ from typing import IO
 import numpy as np
 
 from contract.fields import DEFAULT_FIELDS, canonical_field
+from contract.timestamps import (
+    CSV_DEFAULT,
+    TIME_COLUMNS,
+    CsvTimeRules,
+    TimestampError,
+    parse_csv_ns,
+)
 from model.stream_features import (
     DeviceRows,
     StreamFeatureError,
@@ -50,12 +61,12 @@ NORMAL_TOKENS = frozenset(
 DEFAULT_CHUNK_ROWS = 50_000
 # Columns that identify a device when stream features need per-device windows.
 DEFAULT_GROUP_COLUMNS = ("line", "device")
-DEFAULT_TIMESTAMP_COLUMN = "ts"
+# Device key of every row of a file without device columns: it is one device.
+ONE_DEVICE = ""
 _GROUP_SEPARATOR = "/"
 
 # Real exports carry long free-text columns; the stdlib default (128 KiB) is too small.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class DatasetError(ValueError):
@@ -82,6 +93,44 @@ class Dataset:
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
+
+    def take(self, index: np.ndarray) -> Dataset:
+        """The rows at ``index`` (positions or a boolean mask), every per-row array alike."""
+
+        def pick(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[index]
+
+        return replace(
+            self,
+            X=self.X[index],
+            y=pick(self.y),
+            faults=pick(self.faults),
+            ts=pick(self.ts),
+            groups=pick(self.groups),
+            ts_ns=pick(self.ts_ns),
+        )
+
+    def split_at(
+        self, *, rows: int | None = None, until_ns: int | None = None
+    ) -> tuple[Dataset, Dataset]:
+        """(training part, rest): the first ``rows`` rows, or the rows stamped before
+        ``until_ns`` (epoch ns; needs ``ts_ns``, e.g. ``load_csv(..., parse_timestamps=True)``).
+
+        The usual protocol of unsupervised benchmarks: learn on the beginning, score
+        the rest.  By time, rows out of file order go where their stamp puts them.
+        """
+        if (rows is None) == (until_ns is None):
+            raise ValueError("give exactly one of rows and until_ns")
+        if rows is not None:
+            if rows < 1:
+                raise DatasetError(f"the training part needs at least 1 row, got {rows}")
+            head = np.zeros(len(self), dtype=bool)
+            head[:rows] = True
+        else:
+            if self.ts_ns is None:
+                raise DatasetError("splitting by time needs parsed timestamps (ts_ns)")
+            head = self.ts_ns < until_ns
+        return self.take(head), self.take(~head)
 
 
 @dataclass(frozen=True)
@@ -138,23 +187,6 @@ def canonical_feature(name: str) -> str:
     return canonical_field(name) or name
 
 
-def parse_ts_ns(text: str) -> int:
-    """RFC 3339 (with a UTC offset) or epoch seconds -> int epoch nanoseconds.
-
-    The same conversion as the gateway's decoder, so stream features computed from a
-    CSV and from live readings use identical time differences.
-    """
-    text = text.strip()
-    try:
-        return round(float(text) * 1e9)
-    except ValueError:
-        pass
-    parsed = datetime.fromisoformat(text)  # ValueError if not RFC 3339
-    if parsed.tzinfo is None:
-        raise ValueError(f"timestamp {text!r} has no UTC offset")
-    return (parsed - _EPOCH) // timedelta(microseconds=1) * 1000
-
-
 def labels_from_strings(values: Sequence[str]) -> np.ndarray:
     """0 for NORMAL_TOKENS (case/whitespace-insensitive), 1 for anything else."""
     normal = NORMAL_TOKENS
@@ -188,6 +220,15 @@ def _delimiter_hint(header: Sequence[str], delimiter: str) -> str:
         if candidate != delimiter and candidate in header[0]:
             return f" (the header has a single column; is the delimiter {candidate!r}?)"
     return ""
+
+
+def find_time_column(header: Sequence[str]) -> str | None:
+    """The header's first usual timestamp column (``ts``, ``timestamp``, ``time``, ...)."""
+    for name in TIME_COLUMNS:
+        index = _find_column(header, name, use_aliases=False)
+        if index is not None:
+            return header[index]
+    return None
 
 
 def _find_column(header: Sequence[str], wanted: str, *, use_aliases: bool) -> int | None:
@@ -281,14 +322,14 @@ def _column_to_float(values: list[str]) -> np.ndarray:
     return out
 
 
-def _parse_ts_column(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _parse_ts_column(values: list[str], rules: CsvTimeRules) -> tuple[np.ndarray, np.ndarray]:
     """(int64 ns, bad mask); unparseable cells are 0 and flagged."""
     out = np.zeros(len(values), dtype=np.int64)
     bad = np.zeros(len(values), dtype=bool)
     for i, value in enumerate(values):
         try:
-            out[i] = parse_ts_ns(value)
-        except (ValueError, OverflowError):
+            out[i] = parse_csv_ns(value, rules)
+        except (TimestampError, OverflowError):
             bad[i] = True
     return out, bad
 
@@ -307,14 +348,17 @@ class CsvSource:
         fault_column: str | None = None,
         group_columns: Sequence[str] | None = None,
         parse_ts: bool = False,
+        time_rules: CsvTimeRules = CSV_DEFAULT,
     ):
         """``group_columns``: columns whose values, joined by "/", name the device of a
-        row.  ``parse_ts``: parse the timestamp column into ``Chunk.ts_ns``; a row whose
-        timestamp does not parse is invalid like a row with a bad value."""
+        row; an empty sequence means the file is one device (key ``ONE_DEVICE``).
+        ``parse_ts``: parse the timestamp column (default: :func:`find_time_column`)
+        into ``Chunk.ts_ns`` under ``time_rules``; a row whose timestamp does not parse
+        is invalid like a row with a bad value."""
         self.path = Path(path)
-        if parse_ts and timestamp_column is None:
-            raise DatasetError("parsing timestamps needs a timestamp column")
         self._parse_ts = parse_ts
+        self.time_rules = time_rules
+        self._one_device = group_columns is not None and not group_columns
         self.name = self.path.name
         if len(delimiter) != 1:
             raise DatasetError(f"delimiter must be one character, got {delimiter!r}")
@@ -332,8 +376,17 @@ class CsvSource:
             header = self._next_row()
             if header is None:
                 raise DatasetError(f"{self.name}: file is empty (no header line)")
+            header = [h.strip() for h in header]
+            if parse_ts and timestamp_column is None:
+                timestamp_column = find_time_column(header)
+                if timestamp_column is None:
+                    raise DatasetError(
+                        f"{self.name}: no timestamp column (looked for {', '.join(TIME_COLUMNS)}); "
+                        f"name it with --timestamp-column; available columns: "
+                        f"{_describe_header(header)}{_delimiter_hint(header, delimiter)}"
+                    )
             self.layout = resolve_layout(
-                [h.strip() for h in header],
+                header,
                 features,
                 timestamp_column=timestamp_column,
                 label_column=label_column,
@@ -395,7 +448,9 @@ class CsvSource:
         invalid = bad_width | ~np.isfinite(X).all(axis=1)
         ts_ns = None
         if self._parse_ts:
-            ts_ns, bad_ts = _parse_ts_column([r[layout.timestamp_index] for r in cells])
+            ts_ns, bad_ts = _parse_ts_column(
+                [r[layout.timestamp_index] for r in cells], self.time_rules
+            )
             invalid |= bad_ts
         if invalid.any() and not drop_invalid:
             first = int(np.flatnonzero(invalid)[0])
@@ -418,6 +473,8 @@ class CsvSource:
                 ],
                 dtype=str,
             )
+        elif self._one_device:
+            groups = np.full(len(kept_cells), ONE_DEVICE, dtype=str)
         return Chunk(
             rows=rows,
             lines=lines,
@@ -450,10 +507,14 @@ class CsvSource:
         if self._parse_ts and self.layout.timestamp_index is not None:
             column = self.layout.header[self.layout.timestamp_index]
             raw = row[self.layout.timestamp_index]
-            return (
-                f"{where}: column {column!r} value {raw[:40]!r} is not an RFC 3339 time "
-                "with a UTC offset or epoch seconds (use --drop-invalid to skip such rows)"
-            )
+            try:
+                parse_csv_ns(raw, self.time_rules)
+                why = f"{raw[:40]!r} is out of range"
+            except TimestampError as exc:
+                why = str(exc)  # starts with the value itself
+            except OverflowError:
+                why = f"{raw[:40]!r} is out of range"
+            return f"{where}: column {column!r} value {why} (use --drop-invalid to skip such rows)"
         return f"{where}: invalid row"
 
     def close(self) -> None:
@@ -501,17 +562,19 @@ def _read_all(source: CsvSource, drop_invalid: bool) -> _Parts:
 
 
 def auto_group_columns(path: str | Path, delimiter: str, raw: Sequence[str]) -> list[str]:
+    """``line`` and ``device`` if the header has a ``device`` column, else [] (one device)."""
     with CsvSource(path, features=raw, delimiter=delimiter) as probe:
         header = probe.header
     found = [
         c for c in DEFAULT_GROUP_COLUMNS if _find_column(header, c, use_aliases=False) is not None
     ]
     if "device" not in found:
-        raise DatasetError(
-            f"{probe.name}: stream features are computed per device, but there is no "
-            f"'device' column; available columns: {_describe_header(header)} "
-            "(name the device columns with --device-columns)"
+        _LOG.info(
+            "%s: no 'device' column, so the file is one device (name device columns "
+            "with --device-columns)",
+            probe.name,
         )
+        return []
     return found
 
 
@@ -525,6 +588,8 @@ def load_csv(
     fault_column: str | None = None,
     drop_invalid: bool = False,
     group_columns: Sequence[str] | None = None,
+    parse_timestamps: bool = False,
+    time_rules: CsvTimeRules = CSV_DEFAULT,
 ) -> Dataset:
     """Read the whole CSV into a :class:`Dataset` (see the module docstring for matching).
 
@@ -532,10 +597,12 @@ def load_csv(
     wrong number of fields, raise :class:`DatasetError` naming the line, unless
     ``drop_invalid`` is set; then they are skipped and counted in ``rows_dropped``.
 
-    With stream features among ``features`` the timestamp column (default ``ts``) must
-    parse too, ``group_columns`` (default: ``line`` and ``device`` if present) name the
-    device, and the result holds only rows with a full window (``rows_warmup`` and
-    ``rows_duplicate`` count the others).
+    With stream features among ``features``, or ``parse_timestamps`` (for
+    :meth:`Dataset.split_at` by time), the timestamp column (default: see
+    :func:`find_time_column`) must parse too under ``time_rules`` and fills ``ts_ns``.
+    With stream features ``group_columns`` (default: ``line`` and ``device`` if present,
+    else the file is one device) name the device, and the result holds only rows with a
+    full window (``rows_warmup`` and ``rows_duplicate`` count the others).
     """
     wanted = default_features() if features is None else list(features)
     names = [canonical_feature(f) for f in wanted]
@@ -543,8 +610,8 @@ def load_csv(
         spec = StreamSpec.from_features(names)
     except StreamFeatureError as exc:
         raise DatasetError(str(exc)) from None
+    parse_ts = spec.has_derived or parse_timestamps
     if spec.has_derived:
-        timestamp_column = timestamp_column or DEFAULT_TIMESTAMP_COLUMN
         if group_columns is None:
             group_columns = auto_group_columns(path, delimiter, list(spec.raw_fields))
         read_features = list(spec.raw_fields)
@@ -558,7 +625,8 @@ def load_csv(
         label_column=label_column,
         fault_column=fault_column,
         group_columns=group_columns,
-        parse_ts=spec.has_derived,
+        parse_ts=parse_ts,
+        time_rules=time_rules,
     ) as source:
         layout = source.layout
         parts = _read_all(source, drop_invalid)
@@ -583,8 +651,8 @@ def load_csv(
         sha256=file_sha256(path),
         label_column=_header_name(layout, layout.label_index),
         fault_column=_header_name(layout, layout.fault_index),
-        groups=_concat(parts.groups, bool(layout.group_index)),
-        ts_ns=_concat(parts.ts_ns, spec.has_derived),
+        groups=_concat(parts.groups, bool(parts.groups)),
+        ts_ns=_concat(parts.ts_ns, parse_ts),
     )
     if not spec.has_derived:
         return dataset
@@ -632,18 +700,9 @@ def derive_stream_features(dataset: Dataset, feature_names: Sequence[str]) -> Da
             f"stream features {[f.name for f in spec.derived]} need {spec.longest}"
         )
     header = dict(zip(dataset.feature_names, dataset.columns, strict=False))
-
-    def pick(values: np.ndarray | None) -> np.ndarray | None:
-        return None if values is None else values[keep]
-
     return replace(
-        dataset,
+        dataset.take(keep),
         X=X[ready],
-        y=pick(dataset.y),
-        faults=pick(dataset.faults),
-        ts=pick(dataset.ts),
-        groups=pick(dataset.groups),
-        ts_ns=pick(dataset.ts_ns),
         feature_names=spec.features,
         columns=tuple(header.get(name, name) for name in spec.features),
         rows_warmup=dataset.rows_warmup + warmup,

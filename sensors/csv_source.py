@@ -2,9 +2,15 @@
 
 Columns become contract fields through an explicit map or, by default, the
 contract's alias table (``Temperature_C``, ``Humidity_%``, ``Sound_Volume_dB``...).
-Line and device come from columns or are fixed for the whole file.  A bad row
-(non-numeric value, out of physical range, unparseable timestamp, bad name) is
-counted and skipped; it never stops a replay.
+Line and device come from columns or are fixed for the whole file.  A ``seq``
+column, if present, is passed through as each reading's ``seq``.  A bad row
+(non-numeric value, out of physical range, unparseable timestamp, bad name, a ``seq``
+that is not an integer >= 0) is counted and skipped; it never stops a replay.
+
+Timestamps follow :func:`contract.timestamps.parse_csv_ns`: RFC 3339 with an offset,
+naive times in ``time_rules.timezone`` (default UTC), epoch numbers in
+``time_rules.epoch_unit`` (default seconds; milliseconds are not guessed: a file whose
+first row's epoch is too large for seconds is refused naming ``--epoch-unit``).
 """
 
 from __future__ import annotations
@@ -15,19 +21,25 @@ import math
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from common.logs import RateLimitedLog
 from contract import DEFAULT_FIELDS, canonical_field
+from contract.timestamps import (
+    CSV_DEFAULT,
+    TIME_COLUMNS,
+    CsvTimeRules,
+    EpochUnitError,
+    TimestampError,
+    parse_csv_ns,
+)
 from contract.topics import valid_name
 
 log = logging.getLogger(__name__)
 
-TIMESTAMP_CANDIDATES = ("ts", "timestamp", "time", "datetime", "date_time")
+TIMESTAMP_CANDIDATES = TIME_COLUMNS
+SEQ_COLUMN = "seq"
 _SPECS = {spec.name: spec for spec in DEFAULT_FIELDS}
-# Epoch values above this are milliseconds (or finer): year 5138 in seconds.
-_EPOCH_SECONDS_MAX = 1e11
 
 
 class SourceError(ValueError):
@@ -61,25 +73,6 @@ def parse_field_map(spec: str) -> dict[str, str]:
     return mapping
 
 
-def parse_timestamp(text: str) -> float:
-    """RFC 3339 / ISO 8601 (naive = UTC) or epoch seconds/ms/us/ns -> epoch seconds."""
-    text = text.strip()
-    try:
-        number = float(text)
-    except ValueError:
-        number = None
-    if number is not None:
-        if not math.isfinite(number):
-            raise ValueError(f"timestamp {text!r} is not finite")
-        while abs(number) > _EPOCH_SECONDS_MAX:
-            number /= 1000.0
-        return number
-    parsed = datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
-
 def _column(header: list[str], wanted: str) -> str:
     """The header's spelling of ``wanted`` (exact match first, then any case)."""
     if wanted in header:
@@ -109,6 +102,7 @@ class ColumnPlan:
     device_column: str | None
     line: str | None  # fixed names when there is no column
     device: str | None
+    seq_column: str | None = None
 
     @property
     def missing_fields(self) -> list[str]:
@@ -131,6 +125,7 @@ def plan_columns(
     if device is not None and device_column is not None:
         raise SourceError("give either --device or --device-column, not both")
     ts_col = _find(header, ts_column, TIMESTAMP_CANDIDATES)
+    seq_col = _find(header, None, (SEQ_COLUMN,))
     line_col = None if line is not None else _find(header, line_column, ("line",))
     device_col = None if device is not None else _find(header, device_column, ("device",))
     if line_col is None and line is None:
@@ -158,7 +153,7 @@ def plan_columns(
         raise SourceError(
             f"no reading fields among the columns {header}; use --map COLUMN=FIELD,..."
         )
-    return ColumnPlan(fields, ts_col, line_col, device_col, line, device)
+    return ColumnPlan(fields, ts_col, line_col, device_col, line, device, seq_col)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +163,7 @@ class SourceRow:
     device: str
     ts: float | None  # epoch seconds from the file, if it has a timestamp column
     values: dict[str, float]
+    seq: int | None = None  # from the file's seq column, if it has one
 
 
 @dataclass
@@ -209,6 +205,14 @@ def _value(raw: str | None, column: str, name: str) -> float:
     return value
 
 
+def _seq(raw: str | None, column: str) -> int:
+    text = (raw or "").strip()
+    # Digits only: "7.0", "-1" and "+3" are not what the contract's seq is.
+    if not text.isascii() or not text.isdigit():
+        raise BadRow("bad_seq", f"{column}={text[:40]!r} is not an integer >= 0")
+    return int(text)
+
+
 def _name(raw: str | None, column: str) -> str:
     name = (raw or "").strip()
     if not valid_name(name):
@@ -230,9 +234,11 @@ class CsvSource:
         device_column: str | None = None,
         line: str | None = None,
         device: str | None = None,
+        time_rules: CsvTimeRules = CSV_DEFAULT,
     ):
         self.path = Path(path)
         self.delimiter = delimiter
+        self.time_rules = time_rules
         with self._open() as fh:
             header = next(csv.reader(fh, delimiter=delimiter), None)
         if not header:
@@ -247,6 +253,27 @@ class CsvSource:
             line=line,
             device=device,
         )
+        self._check_epoch_unit()
+
+    def _check_epoch_unit(self) -> None:
+        """Refuse at once a file whose first row's epoch is in another unit than given:
+        otherwise every row would be skipped as a bad timestamp."""
+        column = self.plan.ts_column
+        if column is None:
+            return
+        index = self.header.index(column)
+        with self._open() as fh:
+            reader = csv.reader(fh, delimiter=self.delimiter)
+            next(reader, None)  # the header
+            first = next((cells for cells in reader if cells), None)
+        if first is None or index >= len(first):
+            return
+        try:
+            parse_csv_ns(first[index], self.time_rules)
+        except EpochUnitError as exc:
+            raise SourceError(f"{self.path.name}: column {column!r}: {exc}") from None
+        except TimestampError:
+            pass  # an ordinary bad row, counted when read
 
     def _open(self):
         # utf-8-sig: spreadsheets often save a byte-order mark before the header.
@@ -262,11 +289,15 @@ class CsvSource:
         if plan.ts_column is not None:
             raw = record.get(plan.ts_column) or ""
             try:
-                ts = parse_timestamp(raw)
-            except (ValueError, OverflowError, OSError):
-                raise BadRow("bad_timestamp", f"{plan.ts_column}={raw[:40]!r}") from None
+                # int / int is correctly rounded; int / 1e9 rounds the int first.
+                ts = parse_csv_ns(raw, self.time_rules) / 1_000_000_000
+            except (TimestampError, OverflowError) as exc:
+                raise BadRow("bad_timestamp", f"{plan.ts_column} {exc}") from None
+        seq = None
+        if plan.seq_column is not None:
+            seq = _seq(record.get(plan.seq_column), plan.seq_column)
         values = {name: _value(record.get(col), col, name) for col, name in plan.fields.items()}
-        return SourceRow(number, line, device, ts, values)
+        return SourceRow(number, line, device, ts, values, seq)
 
     def rows(self, bad: BadRows | None = None) -> Iterator[SourceRow]:
         """Good rows in file order; bad ones are counted in ``bad`` and skipped."""

@@ -7,6 +7,11 @@ Timestamps are re-stamped by default: recordings are usually older than the
 gateway's accepted age (30 days) and would be rejected.  Re-stamping keeps the
 recorded gaps (divided by the speed); at speed 0 the timeline is shifted so that
 the last row lands at "now".  ``--keep-timestamps`` sends the recorded times.
+
+Naive timestamps are wall time in ``--timezone`` (default UTC); epoch numbers are
+seconds unless ``--epoch-unit ms|us|ns`` says otherwise (a file in milliseconds is
+refused with a message naming the flag, never guessed).  A ``seq`` column is sent as
+each reading's ``seq``; without one, readings are numbered from 0 per device.
 """
 
 from __future__ import annotations
@@ -20,12 +25,14 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import tzinfo
 
 from common.config import ConfigError
 from common.logs import setup_logging
 from common.mqtt import MqttSettings
 from common.progress import Progress
 from contract import encode_reading
+from contract.timestamps import EPOCH_UNITS, CsvTimeRules, TimestampError, timezone_named
 from sensors.cli_support import add_broker_args, broker_settings, stop_on_signals
 from sensors.csv_source import BadRows, CsvSource, SourceError, parse_field_map
 from sensors.pacing import Pacer, ms_after
@@ -149,7 +156,8 @@ def run_replay(
             ts = clock.stamp(key, source_ts, row.ts)
             if ts is None or not wait_for_room(publisher, max_pending, stop):
                 break
-            payload = encode_reading(row.values, ts=ts, seq=seqs[key])
+            seq = row.seq if row.seq is not None else seqs[key]  # the file's own, if it has one
+            payload = encode_reading(row.values, ts=ts, seq=seq)
             if publisher.publish(row.line, row.device, payload):
                 seqs[key] += 1
                 stats.queued += 1
@@ -203,6 +211,13 @@ def _speed(text: str) -> float:
     return value
 
 
+def _timezone(text: str) -> tzinfo:
+    try:
+        return timezone_named(text)
+    except TimestampError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sensors.replay",
@@ -218,7 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timestamp-column",
-        help="RFC 3339 (naive = UTC) or epoch s/ms; default: ts, timestamp or time if present",
+        help="ISO 8601 / RFC 3339 or an epoch number; default: ts, timestamp or time if present",
+    )
+    parser.add_argument(
+        "--timezone",
+        type=_timezone,
+        default="UTC",
+        help="zone of timestamps without an offset, e.g. Europe/Berlin (default UTC)",
+    )
+    parser.add_argument(
+        "--epoch-unit",
+        choices=list(EPOCH_UNITS),
+        default="s",
+        help="unit of numeric timestamps (default s; ms is never guessed)",
     )
     parser.add_argument("--interval", type=float, default=1.0, help="row gap without timestamps")
     parser.add_argument("--line-column", help="default: 'line' if present")
@@ -257,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             device_column=args.device_column,
             line=args.line,
             device=args.device,
+            time_rules=CsvTimeRules(timezone=args.timezone, epoch_unit=args.epoch_unit),
         )
         settings = broker_settings(args)
         with stop_on_signals() as stop:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import time
 
 import orjson
@@ -15,9 +16,11 @@ from contract import (
     FIELD_ALIASES,
     DecodeLimits,
     Rejected,
+    TimestampError,
     decode_reading,
     encode_reading,
     parse_reading_topic,
+    parse_wire_ns,
 )
 from contract.payloads import deadletter_payload
 
@@ -91,6 +94,29 @@ def test_timestamps_rfc3339_and_epoch():
         {"temperature_c": 1, "humidity_pct": 2, "sound_db": 3, "ts": "2026-11-22T07:00:00+01:00"}
     )
     assert r.ts_ns == 1795327200_000_000_000
+
+
+@pytest.mark.parametrize(
+    ("ts", "detail"),
+    [
+        ("2026-11-22T06:00:00", "ts needs a UTC offset, e.g. 2026-11-22T10:00:00Z"),
+        (1795327200000, "ts must be epoch seconds (value looks like milliseconds)"),
+        ("1795327200", "ts is not RFC 3339: '1795327200'"),
+        (True, "ts must be an RFC 3339 string or epoch seconds"),
+    ],
+)
+def test_the_wire_keeps_its_timestamp_rules(ts, detail):
+    """CSV options (naive times in a zone, --epoch-unit) never reach the wire."""
+    with pytest.raises(Rejected) as caught:
+        decode({"temperature_c": 1, "humidity_pct": 1, "sound_db": 1, "ts": ts})
+    assert (caught.value.reason, caught.value.detail, caught.value.field) == (
+        "bad_timestamp",
+        detail,
+        "ts",
+    )
+    # The same rules, by the same parser, as contract.timestamps.parse_wire_ns.
+    with pytest.raises(TimestampError, match=re.escape(detail)):
+        parse_wire_ns(ts)
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from common.progress import Progress
+from contract.timestamps import CsvTimeRules, parse_csv_ns, timezone_named
 from model.dataset import (
     NORMAL_TOKENS,
+    ONE_DEVICE,
     CsvSource,
     DatasetError,
     file_sha256,
@@ -193,6 +195,66 @@ def test_chunks_keep_raw_rows_aligned(tmp_path: Path) -> None:
     kept_ids = [int(c.rows[i][0]) for c in chunks for i in c.kept]
     values = np.concatenate([c.X[:, 0] for c in chunks])
     assert values.tolist() == [2.0 * i for i in kept_ids]
+
+
+# --- timestamps, one-device files and the training part ------------------------------------
+
+
+def test_timestamps_parse_from_the_usual_column_by_the_csv_rules(readings: Path) -> None:
+    data = load_csv(readings, parse_timestamps=True)  # finds "Timestamp"
+    assert data.ts_ns is not None
+    assert data.ts_ns[1] - data.ts_ns[0] == 1_000_000_000
+    assert data.ts_ns[0] == parse_csv_ns("2024-05-01T00:00:00Z")
+    rows = [["2024-05-01 02:00:00", 1], ["2024-05-01 02:00:01", 2]]
+    naive = write_csv(readings.parent / "naive.csv", ["time", "temp"], rows)
+    berlin = CsvTimeRules(timezone=timezone_named("Europe/Berlin"))
+    data = load_csv(naive, features=["temp"], parse_timestamps=True, time_rules=berlin)
+    assert data.ts_ns[0] == parse_csv_ns("2024-05-01T00:00:00Z")  # CEST, +02:00
+
+
+def test_bad_time_cells_say_why_and_name_the_flag(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "ms.csv", ["ts", "temp"], [[1714521600000, 1], [1714521601000, 2]])
+    with pytest.raises(DatasetError, match=r"ms.csv line 2: column 'ts' value .* --epoch-unit ms"):
+        load_csv(path, features=["temp"], parse_timestamps=True)
+    ms = CsvTimeRules(epoch_unit="ms")
+    data = load_csv(path, features=["temp"], parse_timestamps=True, time_rules=ms)
+    assert data.ts_ns.tolist() == [1714521600 * 10**9, 1714521601 * 10**9]
+    none = write_csv(tmp_path / "none.csv", ["when_it_was", "temp"], [["x", 1]])
+    with pytest.raises(DatasetError, match=r"no timestamp column .* --timestamp-column"):
+        load_csv(none, features=["temp"], parse_timestamps=True)
+
+
+def test_a_file_without_device_columns_is_one_device(tmp_path: Path) -> None:
+    rows = [[f"2024-05-01 00:00:{i:02d}", float(i % 4)] for i in range(12)]
+    path = write_csv(tmp_path / "one.csv", ["timestamp", "value"], rows)
+    data = load_csv(path, features=["value", "value__mean_4"])  # no device column at all
+    assert len(data) == 9 and data.rows_warmup == 3
+    assert set(data.groups.tolist()) == {ONE_DEVICE}
+    assert data.X[0].tolist() == [3.0, 1.5]
+    # An empty device-column list says so explicitly, even when the file has a device column.
+    rows = [[f"2024-05-01T00:00:{i:02d}Z", f"d{i % 2}", i] for i in range(12)]
+    two = write_csv(tmp_path / "two.csv", ["ts", "device", "value"], rows)
+    assert load_csv(two, features=["value__mean_4"]).rows_warmup == 6
+    assert load_csv(two, features=["value__mean_4"], group_columns=[]).rows_warmup == 3
+
+
+def test_split_at_rows_or_time(tmp_path: Path) -> None:
+    rows = [[f"2024-05-01T00:00:{(i * 7) % 10:02d}Z", i, "1" if i == 8 else "0"] for i in range(10)]
+    path = write_csv(tmp_path / "s.csv", ["ts", "v", "label"], rows)
+    data = load_csv(path, features=["v"], label_column="label", parse_timestamps=True)
+    head, rest = data.split_at(rows=4)
+    assert head.X[:, 0].tolist() == [0, 1, 2, 3] and rest.X[:, 0].tolist() == [4, 5, 6, 7, 8, 9]
+    assert rest.y.tolist() == [0, 0, 0, 0, 1, 0] and rest.ts.tolist()[0] == rows[4][0]
+    # By time, rows out of file order go where their stamp puts them; file order is kept.
+    head, rest = data.split_at(until_ns=parse_csv_ns("2024-05-01T00:00:05Z"))
+    assert head.X[:, 0].tolist() == [0, 2, 3, 6, 9]
+    assert sorted(head.ts_ns.tolist() + rest.ts_ns.tolist()) == sorted(data.ts_ns.tolist())
+    head, rest = data.split_at(rows=50)
+    assert len(head) == 10 and len(rest) == 0
+    with pytest.raises(ValueError, match="exactly one"):
+        data.split_at(rows=3, until_ns=0)
+    with pytest.raises(DatasetError, match="parsed timestamps"):
+        load_csv(path, features=["v"]).split_at(until_ns=0)
 
 
 # common.progress is used by the CSV commands; its tests live with the CSV tests.

@@ -214,9 +214,9 @@ def test_load_csv_computes_per_device_and_counts_what_it_drops(tmp_path: Path) -
     np.testing.assert_allclose(first, [52.0, (64 - 60) / 2, 51.0], rtol=1e-12)
 
     no_device = tmp_path / "nodevice.csv"
-    no_device.write_text("ts,temperature_c\n2026-11-22T10:00:00Z,50\n")
-    with pytest.raises(DatasetError, match="no 'device' column"):
-        load_csv(no_device, features=["temperature_c__mean_2"])
+    no_device.write_text("ts,temperature_c\n2026-11-22T10:00:00Z,50\n2026-11-22T10:00:01Z,52\n")
+    one = load_csv(no_device, features=["temperature_c__mean_2"])  # the file is one device
+    assert one.X[:, 0].tolist() == [51.0]
     bad_ts = write_rows(tmp_path / "badts.csv", [["yesterday", "l1", "p1", 1, 2, 3]])
     with pytest.raises(DatasetError, match=r"badts.csv line 2: column 'ts' value 'yesterday'"):
         load_csv(bad_ts, features=["temperature_c__mean_2"])

@@ -15,12 +15,12 @@ import pytest
 
 from common.mqtt import MqttSettings
 from contract import decode_reading
+from contract.timestamps import CSV_DEFAULT, CsvTimeRules, parse_csv_ns, timezone_named
 from sensors.csv_source import (
     BadRows,
     CsvSource,
     SourceError,
     parse_field_map,
-    parse_timestamp,
     plan_columns,
 )
 from sensors.pacing import Pacer, ms_after
@@ -50,15 +50,32 @@ def iso(ts: float) -> str:
 # --- parsing and column plans -------------------------------------------------------------
 
 
-def test_parse_timestamp_formats():
+def parse_timestamp(text: str, rules: CsvTimeRules = CSV_DEFAULT) -> float:
+    return parse_csv_ns(text, rules) / 1_000_000_000
+
+
+def test_timestamps_use_the_one_parser():
     assert parse_timestamp("2024-03-01T10:00:00Z") == 1709287200.0
     assert parse_timestamp("2024-03-01T11:00:00+01:00") == 1709287200.0
     assert parse_timestamp("2024-03-01 10:00:00.250") == 1709287200.25  # naive = UTC
     assert parse_timestamp("1709287200.5") == 1709287200.5
-    assert parse_timestamp("1709287200500") == 1709287200.5  # milliseconds
-    for bad in ("yesterday", "", "nan"):
+    ms = CsvTimeRules(epoch_unit="ms")
+    assert parse_timestamp("1709287200500", ms) == 1709287200.5
+    for bad in ("yesterday", "", "nan", "1709287200500"):  # ms is never guessed
         with pytest.raises(ValueError):
             parse_timestamp(bad)
+
+
+def test_source_reads_naive_times_in_a_zone_and_refuses_unflagged_ms(tmp_path):
+    naive = write(tmp_path / "naive.csv", "time,temp", "2024-07-01 12:00:00,20")
+    berlin = CsvTimeRules(timezone=timezone_named("Europe/Berlin"))
+    (row,) = CsvSource(naive, line="l", device="d", time_rules=berlin).rows()
+    assert row.ts == datetime(2024, 7, 1, 10, 0, tzinfo=UTC).timestamp()
+    ms = write(tmp_path / "ms.csv", "time,temp", "", "1709287200500,20", "1709287201500,21")
+    with pytest.raises(SourceError, match=r"ms.csv: column 'time': .* pass --epoch-unit ms"):
+        CsvSource(ms, line="l", device="d")
+    source = CsvSource(ms, line="l", device="d", time_rules=CsvTimeRules(epoch_unit="ms"))
+    assert [r.ts for r in source.rows()] == [1709287200.5, 1709287201.5]
 
 
 def test_parse_field_map():
@@ -305,6 +322,35 @@ def test_replay_cli_without_timestamps_uses_the_interval(broker_port, tmp_path):
     assert np.allclose(np.diff([r.ts_ns / 1e9 for r in readings]), 5.0, atol=0.002)
 
 
+def test_replay_passes_the_files_own_seq_through(broker_port, tmp_path):
+    dev_a, dev_b = unique("seqa"), unique("seqb")
+    path = write(
+        tmp_path / "seq.csv",
+        "ts,device,seq,temp,rh,noise",
+        f"2024-03-01T10:00:00Z,{dev_a},1000,20,40,60",
+        f"2024-03-01T10:00:01Z,{dev_b},7,21,40,60",
+        f"2024-03-01T10:00:02Z,{dev_a},1001,22,40,60",
+        f"2024-03-01T10:00:03Z,{dev_a},1001.5,23,40,60",
+        f"2024-03-01T10:00:04Z,{dev_a},-3,24,40,60",
+        f"2024-03-01T10:00:05Z,{dev_a},,25,40,60",
+        f"2024-03-01T10:00:06Z,{dev_a},1005,26,40,60",  # a gap the gateway should see
+        f"2024-03-01T10:00:07Z,{dev_b},0,27,40,60",  # a device restart
+    )
+    collector, marker = open_collector(broker_port)
+    try:
+        source = CsvSource(path, line="lineS")
+        stats = run_replay(settings_for(broker_port), source, speed=0)
+        received = collect_until_marker(collector, broker_port, marker)
+    finally:
+        collector.close()
+    assert stats.published == stats.rows == 5
+    assert stats.bad == {"bad_seq": 3}
+    per_device = decoded(received)
+    assert [r.seq for r in per_device[dev_a]] == [1000, 1001, 1005]
+    assert [r.seq for r in per_device[dev_b]] == [7, 0]
+    assert [r.values["temperature_c"] for r in per_device[dev_a]] == [20.0, 22.0, 26.0]
+
+
 def test_replay_cli_usage_errors(tmp_path):
     path = write(tmp_path / "x.csv", ALIAS_HEADER, "2024-03-01T10:00:00Z,20,40,60")
     assert replay_main(["--csv", str(path), "--line", "l1"]) == 2  # no device
@@ -314,6 +360,10 @@ def test_replay_cli_usage_errors(tmp_path):
     plain = write(tmp_path / "plain.csv", "temp,rh,noise", "20,40,60")
     args = ["--csv", str(plain), "--line", "l", "--device", "d", "--keep-timestamps"]
     assert replay_main(args) == 2  # nothing to keep
+    ms = write(tmp_path / "ms.csv", "time,temp,rh,noise", "1709287200500,20,40,60")
+    assert replay_main(["--csv", str(ms), "--line", "l", "--device", "d"]) == 2  # --epoch-unit
+    with pytest.raises(SystemExit):
+        replay_main(["--csv", str(plain), "--line", "l", "--device", "d", "--timezone", "Mars/X"])
 
 
 def test_ms_after_floors_and_keeps_device_timestamps_distinct():
