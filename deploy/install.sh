@@ -86,7 +86,7 @@ GRAFANA_DASH=/var/lib/grafana/dashboards/factory
 USER_NAME=factory-gw
 SERVICES=(factory-gateway.service factory-api.service factory-simulator.service factory-serial@.service)
 # The project's runtime code (tests, benchmarks and dev tools stay behind).
-APP_DIRS=(api common contract gateway model sensors config docs)
+APP_DIRS=(api backtest common contract gateway model sensors config docs)
 APP_FILES=(requirements.txt pyproject.toml README.md)
 
 changes=0

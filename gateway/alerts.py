@@ -139,6 +139,12 @@ class AlertTracker:
         life = self._states.get((line, device, kind))
         return life.state if life else NORMAL
 
+    def is_new_firing(self, line: str, device: str, kind: str, ts_ns: int) -> bool:
+        """Whether FIRING returned for the reading at ``ts_ns`` started the alert (else:
+        a reminder of one already firing)."""
+        life = self._states.get((line, device, kind))
+        return life is not None and life.firing_since_ns == ts_ns
+
     def active(self, line: str, device: str) -> dict[str, Lifecycle]:
         return {
             k: v

@@ -1,11 +1,12 @@
-"""Model inputs per reading, including per-device rolling stream features.
+"""Model inputs per reading, from each device's recent history when the model needs it.
 
-A model trained with features like ``temperature_c__std_10`` needs each device's
-recent history.  One bounded window per device is kept (memory: the model's longest
-window per field per device); a device's first readings, until its window is full,
-are stored without a score (``warming_up``), as are readings older than the device's
-last one (they cannot be placed in a window).  When the model changes, windows are
-rebuilt for the new model's features.
+The model decides how readings become its input rows (:meth:`Scorer.new_inputs`:
+plain values, rolling stream features, or the time-aware detector's per-device
+statistics); this class keeps that state across batches for the active model and
+counts readings that get no score: a device's first readings (``warming_up``) and
+readings older than the device's last one (``out_of_order``), and readings scored
+while the model still learns their device (``partial``, time-aware detector).  When the model
+changes, the state is rebuilt for the new model.
 """
 
 from __future__ import annotations
@@ -16,51 +17,32 @@ import numpy as np
 
 from contract import Reading
 from gateway.metrics import GatewayMetrics
+from model.inputs import Inputs
 from model.scorer import Scorer
-from model.stream_features import OutOfOrderReading, RollingWindow
-
-# Devices beyond this many are forgotten (windows rebuilt when they come back).
-_MAX_DEVICES = 50_000
 
 
 class FeatureBuilder:
-    def __init__(self, metrics: GatewayMetrics):
+    def __init__(self, metrics: GatewayMetrics | None = None):
         self._metrics = metrics
-        self._windows: dict[tuple[str, str], RollingWindow] = {}
+        self._inputs: Inputs | None = None
         self._version: str | None = None
 
-    def build(self, readings: Sequence[Reading], scorer: Scorer) -> tuple[np.ndarray, list[int]]:
-        """(X, indices of the readings X's rows belong to)."""
-        if not scorer.stream.has_derived:
-            features = scorer.features
-            x = np.array([[r.values[f] for f in features] for r in readings], dtype=np.float64)
-            return x, list(range(len(readings)))
-        if scorer.version != self._version:
-            self._windows.clear()
+    def build(self, readings: Sequence[Reading], scorer: Scorer) -> tuple[np.ndarray, np.ndarray]:
+        """(X, positions of the readings X's rows belong to)."""
+        if scorer.version != self._version or self._inputs is None:
+            self._inputs = scorer.new_inputs()
             self._version = scorer.version
-        rows: list[np.ndarray] = []
-        index: list[int] = []
-        warming = late = 0
-        for i, reading in enumerate(readings):
-            key = (reading.line, reading.device)
-            window = self._windows.get(key)
-            if window is None:
-                if len(self._windows) >= _MAX_DEVICES:
-                    self._windows.clear()
-                window = self._windows[key] = scorer.new_window()
-            try:
-                row = window.update(reading.ts_ns, reading.values)
-            except OutOfOrderReading:
-                late += 1
-                continue
-            if row is None:
-                warming += 1
-                continue
-            rows.append(row)
-            index.append(i)
-        if warming:
-            self._metrics.unscored.labels("warming_up").inc(warming)
-        if late:
-            self._metrics.unscored.labels("out_of_order").inc(late)
-        x = np.vstack(rows) if rows else np.empty((0, len(scorer.features)))
-        return x, index
+        fields = scorer.raw_fields
+        values = np.array([[r.values[f] for f in fields] for r in readings], dtype=np.float64)
+        values = values.reshape(len(readings), len(fields))
+        keys = [(r.line, r.device) for r in readings]
+        ts_ns = np.fromiter((r.ts_ns for r in readings), dtype=np.int64, count=len(readings))
+        batch = self._inputs.build(keys, ts_ns, values)
+        if self._metrics is not None:
+            if batch.warming:
+                self._metrics.unscored.labels("warming_up").inc(batch.warming)
+            if batch.late:
+                self._metrics.unscored.labels("out_of_order").inc(batch.late)
+            if batch.partial:
+                self._metrics.partial.inc(batch.partial)
+        return batch.X, batch.index

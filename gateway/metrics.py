@@ -96,6 +96,11 @@ class GatewayMetrics:
             ["reason"],
             registry=r,
         )
+        self.partial = Counter(
+            "gateway_readings_partially_scored",
+            "Readings scored while the model still learns their device (warm-up)",
+            registry=r,
+        )
         self.drift_psi = Gauge(
             "gateway_drift_psi",
             "Input drift (PSI) per feature vs training",

@@ -12,25 +12,23 @@ import threading
 import time
 from collections.abc import Callable
 
-import numpy as np
-
 from common.logs import RateLimitedLog
 from contract import Reading, Rejected, deadletter_topic, decode_reading
 from contract.payloads import deadletter_payload, rfc3339
 from contract.topics import UNKNOWN, TopicError, parse_reading_topic
-from gateway.alerts import AlertTracker
 from gateway.config import GatewayConfig
+from gateway.detection import AlertTransition, Detection
 from gateway.drift_watch import DriftWatch
 from gateway.features import FeatureBuilder
 from gateway.inbox import Inbox
 from gateway.intake import Message
 from gateway.lineprotocol import ReadingEncoder, format_field
 from gateway.metrics import GatewayMetrics
-from gateway.notifier import PROCESS_ANOMALY, Notifier
-from gateway.sensor_faults import SensorFaults
+from gateway.notifier import Notifier
 from gateway.silence import PREFIX as SILENCE_PREFIX
 from gateway.silence import Silences
 from gateway.writer import WriteBatch, Writer
+from model.reading_fields import required_fields
 from model.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -56,13 +54,14 @@ class Processor(threading.Thread):
         self._writer = writer
         self._publish = publish
         self._metrics = metrics
-        self._alerts = AlertTracker(cfg.alerts)
-        self._faults = SensorFaults(cfg.sensor_faults)
-        self._notifier = Notifier(cfg, publish, metrics, self._alerts, self._faults, Silences())
+        self._detection = Detection(cfg.alerts, cfg.sensor_faults, metrics)
+        self._notifier = Notifier(
+            cfg, publish, metrics, self._detection.alerts, self._detection.faults, Silences()
+        )
         self._next_deadman = 0.0
         self._cluster = cfg.cluster.enabled
         self._encoder = ReadingEncoder()
-        self._features = FeatureBuilder(metrics)
+        self._shadow_features = FeatureBuilder()
         self._drift = DriftWatch(cfg.drift, cfg.id, metrics, publish)
         self._shadow = shadow
         self.heartbeat = time.monotonic()
@@ -78,7 +77,7 @@ class Processor(threading.Thread):
     def _limits(self, scorer: Scorer):
         # Required fields follow the active model, so a retrained model with an extra
         # feature changes validation without a config change.
-        needed = scorer.raw_fields  # plain features and the fields stream features use
+        needed = required_fields(scorer)  # shared with the API (model.reading_fields)
         if self._limits_for is None or self._limits_for[0] != needed:
             self._limits_for = (needed, self._cfg.decode_limits(needed))
         return self._limits_for[1]
@@ -129,34 +128,22 @@ class Processor(threading.Thread):
 
     def _score(self, readings: list[Reading], scorer: Scorer, now: float) -> list[str]:
         started = time.perf_counter()
-        x, index = self._features.build(readings, scorer)
-        scores = np.full(len(readings), np.nan)
-        flags = np.zeros(len(readings), dtype=bool)
-        if index:
-            scores[index] = scorer.score(x)
-            flags[index] = scores[index] >= scorer.threshold
-            self._shadow_score(x, flags[index])
-            self._drift.observe(scorer, x, flags[index])
+        decided = self._detection.decide(readings, scorer, now)
+        if decided.X is not None and decided.X.shape[0]:
+            self._drift.observe(scorer, decided.X, decided.scored_flags)
         self._metrics.observe_batch(len(readings), time.perf_counter() - started)
-        n_anomalies = int(flags.sum())
-        explain = None
+        self._shadow_score(readings, scorer, decided.scores, decided.flags)
+        n_anomalies = sum(decided.flags)
         if n_anomalies:
             self._metrics.anomalies.inc(n_anomalies)
-            rows = np.zeros(len(readings), dtype=np.intp)
-            rows[index] = np.arange(len(index))
-            explain = scorer.explain(x[rows[flags]])
-        explained = 0
         version = scorer.version
         # Other fields, pre-formatted for the line protocol (see ReadingEncoder).
         gateway_tail = f",gateway={format_field(self._cfg.id)}" if self._cluster else ""
         encode = self._encoder.encode_reading
-        check_faults = self._faults.on_reading if self._cfg.sensor_faults.enabled else None
         lines = []
-        results = zip(readings, scores.tolist(), flags.tolist(), strict=True)
-        for reading, score, is_anomaly in results:
+        for reading, score, is_anomaly in zip(readings, decided.scores, decided.flags, strict=True):
             seq_tail = "" if reading.seq is None else f",seq={reading.seq}i"
-            scored = not math.isnan(score)  # NaN: warming up or out of order
-            if scored:
+            if not math.isnan(score):  # NaN: warming up or out of order
                 flag = "true" if is_anomaly else "false"
                 tail = f",score={score!r},is_anomaly={flag}{seq_tail}{gateway_tail}"
             else:
@@ -164,44 +151,45 @@ class Processor(threading.Thread):
             lines.append(
                 encode(reading.line, reading.device, version, reading.values, tail, reading.ts_ns)
             )
-            if scored:
-                drivers = None
-                if is_anomaly:
-                    drivers = scorer.top_contributors(explain[explained])  # type: ignore[index]
-                    explained += 1
-                self._process_alert(reading, score, scorer, drivers)
-            if check_faults is not None:
-                for tr in check_faults(reading, now):
-                    lines.append(self._notifier.sensor_fault(tr, version))
+        for alert in decided.alerts:
+            self._notify(readings[alert.at], alert, scorer)
+        for _, tr in decided.faults:
+            lines.append(self._notifier.sensor_fault(tr, version))
         return lines
 
-    def _process_alert(self, reading: Reading, score: float, scorer: Scorer, drivers) -> None:
-        state = self._alerts.update(
-            reading.line, reading.device, PROCESS_ANOMALY, score, scorer.threshold, reading.ts_ns
-        )
-        if state is None:
-            return
+    def _notify(self, reading: Reading, alert: AlertTransition, scorer: Scorer) -> None:
         self._notifier.process_alert(
             reading.line,
             reading.device,
-            state,
+            alert.state,
             reading.ts_ns,
-            score,
+            alert.score,
             scorer.threshold,
             reading.values,
             scorer.version,
             seq=reading.seq,
-            drivers=[{"feature": name, "z": round(z, 2)} for name, z in drivers or []],
+            drivers=[{"feature": name, "z": round(z, 2)} for name, z in alert.drivers],
         )
-        log.info("alert %s %s/%s score=%.3f", state, reading.line, reading.device, score)
+        log.info(
+            "alert %s %s/%s score=%.3f", alert.state, reading.line, reading.device, alert.score
+        )
 
-    def _shadow_score(self, x: np.ndarray, flags: np.ndarray) -> None:
-        """Score with the shadow model too; only count where it would decide otherwise."""
+    def _shadow_score(
+        self, readings: list[Reading], scorer: Scorer, scores: list[float], flags: list[bool]
+    ) -> None:
+        """Score with the shadow model too, from its own per-device state (its inputs may
+        differ from the active model's); count where it would decide otherwise."""
         shadow = self._shadow() if self._shadow is not None else None
-        if shadow is None or shadow.features != self._scorer().features:
+        if shadow is None or not set(shadow.raw_fields) <= set(scorer.raw_fields):
             return
-        disagree = int(((shadow.score(x) >= shadow.threshold) != flags).sum())
-        self._metrics.shadow_scored.inc(len(flags))
+        x, index = self._shadow_features.build(readings, shadow)
+        both = [i for i in index.tolist() if not math.isnan(scores[i])]
+        if not both:
+            return
+        shadow_flags = shadow.score(x) >= shadow.threshold
+        row = {i: j for j, i in enumerate(index.tolist())}
+        disagree = sum(bool(shadow_flags[row[i]]) != flags[i] for i in both)
+        self._metrics.shadow_scored.inc(len(both))
         if disagree:
             self._metrics.shadow_disagreements.inc(disagree)
 
@@ -210,7 +198,7 @@ class Processor(threading.Thread):
         if not self._cfg.sensor_faults.enabled or now < self._next_deadman:
             return
         self._next_deadman = now + 1.0
-        transitions = self._faults.check_deadman(now, time.time_ns())
+        transitions = self._detection.check_deadman(now, time.time_ns())
         if transitions:
             version = self._scorer().version
             lines = [self._notifier.sensor_fault(tr, version) for tr in transitions]
@@ -237,11 +225,10 @@ class Processor(threading.Thread):
         except TopicError:
             line, device = UNKNOWN, UNKNOWN
         else:
-            if self._cfg.sensor_faults.enabled:
-                for tr in self._faults.on_rejected(
-                    line, device, rej.reason, rej.detail, msg.received_ns, now
-                ):
-                    lines.append(self._notifier.sensor_fault(tr, version))
+            for tr in self._detection.rejected(
+                line, device, rej.reason, rej.detail, msg.received_ns, now
+            ):
+                lines.append(self._notifier.sensor_fault(tr, version))
         payload = deadletter_payload(
             msg.topic, msg.payload, rej.reason, rej.detail, rej.field, msg.received_ns
         )

@@ -4,6 +4,10 @@ Raw scores differ between detectors, data sets and even seeds, so dashboards and
 alert rules use calibrated scores instead: a logistic curve anchored on the raw
 scores of normal training data.  A reading as unusual as the training 99th
 percentile scores 0.5; the training median scores sigmoid(-4) ≈ 0.018.
+
+Detectors whose raw score is already a ratio to a control limit (the time-aware
+``dynamics`` detector) use ``kind="ratio"``: score = r / (1 + r), so the limit scores
+0.5 and the score keeps ranking far past it instead of saturating.
 """
 
 from __future__ import annotations
@@ -24,6 +28,11 @@ _MIN_RELATIVE_SCALE = 1e-6
 class Calibration:
     center: float
     scale: float
+    kind: str = "logistic"  # or "ratio"
+
+    @classmethod
+    def ratio(cls) -> Calibration:
+        return cls(center=0.0, scale=1.0, kind="ratio")
 
     @classmethod
     def fit(cls, raw: np.ndarray) -> Calibration:
@@ -47,6 +56,9 @@ class Calibration:
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """Calibrated scores in [0, 1], same shape as ``raw``; monotone in ``raw``."""
+        if self.kind == "ratio":
+            r = np.maximum(np.asarray(raw, dtype=np.float64), 0.0)
+            return r / (1.0 + r)
         z = (np.asarray(raw, dtype=np.float64) - self.center) / self.scale
         # tanh form of the logistic: no overflow warnings for large |z|.
         return np.clip(0.5 + 0.5 * np.tanh(0.5 * z), 0.0, 1.0)
@@ -54,15 +66,25 @@ class Calibration:
     def apply_one(self, raw: float) -> float:
         """``apply`` for one score: the same operations, with the one ufunc call that
         has no exact Python equivalent (tanh) made on a 1-element array."""
+        if self.kind == "ratio":
+            r = max(raw, 0.0)
+            return r / (1.0 + r)
         z = (raw - self.center) / self.scale
         t = float(np.tanh(np.array([0.5 * z]))[0])
         return min(max(0.5 + 0.5 * t, 0.0), 1.0)
 
-    def to_dict(self) -> dict[str, float]:
+    def to_dict(self) -> dict[str, float | str]:
+        if self.kind == "ratio":
+            return {"kind": "ratio"}
         return {"center": self.center, "scale": self.scale}
 
     @classmethod
     def from_dict(cls, data: dict) -> Calibration:
+        kind = data.get("kind", "logistic")
+        if kind == "ratio":
+            return cls.ratio()
+        if kind != "logistic":
+            raise ValueError(f"unknown calibration kind {kind!r}")
         center, scale = float(data["center"]), float(data["scale"])
         if not (np.isfinite(center) and np.isfinite(scale) and scale > 0):
             raise ValueError(f"invalid calibration {data!r}")

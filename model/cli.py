@@ -34,7 +34,7 @@ from model.cli_support import (
 from model.cli_versions import cmd_activate, cmd_info, cmd_list, cmd_retrain, cmd_rollback
 from model.config import load_model_config
 from model.dataset import DEFAULT_GROUP_COLUMNS, DatasetError
-from model.detectors import DETECTORS
+from model.detectors import ALL_DETECTORS
 from model.influx_history import HistoryError
 from model.retrain import RetrainError
 from model.stream_features import StreamFeatureError
@@ -91,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(e.g. temperature_c,sound_db,temperature_c__std_10)")  # fmt: skip
     _training_options(p)
     p.add_argument("--models-dir", type=Path)
-    p.add_argument("--detector", choices=sorted(DETECTORS))
+    p.add_argument("--detector", choices=sorted(ALL_DETECTORS),
+                   help="default: dynamics, the time-aware detector")  # fmt: skip
     p.add_argument("--param", type=param_arg, action="append", default=[], metavar="KEY=VALUE",
-                   help="detector parameter, e.g. n_estimators=200 (repeatable)")  # fmt: skip
+                   help="detector parameter, e.g. n_estimators=200 or fit_after=1800 "
+                        "(repeatable)")  # fmt: skip
     p.add_argument("--no-activate", action="store_true", help="do not switch 'current'")
     add_train_part_options(p)
     p.set_defaults(func=cmd_train)
@@ -140,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--line", help="only this line")
     p.add_argument("--device-regex", help="only devices matching this regex")
     p.add_argument("--models-dir", type=Path)
-    p.add_argument("--detector", choices=sorted(DETECTORS))
+    p.add_argument("--detector", choices=sorted(ALL_DETECTORS))
     p.add_argument("--features", type=features_arg, help="default: the active model's features")
     p.add_argument("--param", type=param_arg, action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--seed", type=int)
@@ -148,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-column", help=f"with --labelled-csv (default {AUTO_LABEL_COLUMN})")
     p.add_argument("--fault-column", help=f"with --labelled-csv (default {AUTO_FAULT_COLUMN})")
     p.add_argument("--out", type=Path, help="write the comparison as JSON here")
+    p.add_argument("--gateway-config", type=Path, default=Path("config/gateway.toml"),
+                   help="its [alerts] and [sensor_faults] rules are replayed")  # fmt: skip
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--promote-if-not-worse", action="store_true",
                       help="activate the candidate only if it is not worse (default)")  # fmt: skip

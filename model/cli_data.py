@@ -45,9 +45,11 @@ from model.dataset import (
     fault_labels,
     load_csv,
 )
+from model.detectors import TIME_AWARE
+from model.inputs import score_in_order
 from model.metrics import alarm_summary, evaluate
 from model.scorer import Scorer, load_scorer
-from model.stream_features import OutOfOrderReading, RollingWindow
+from model.stream_features import parse_feature
 from model.training import train
 
 _LOG = logging.getLogger(__name__)
@@ -86,8 +88,13 @@ def _load_training_csv(
     fault: str | None,
     *,
     parse_timestamps: bool = False,
+    per_device: bool = False,
 ) -> Dataset:
+    """``per_device``: read the device columns too (default line,device when present)."""
     progress = Progress(None, "loading", _LOG)
+    groups = args.device_columns
+    if per_device and groups is None:
+        groups = auto_group_columns(args.csv, args.delimiter, features or default_features())
     dataset = load_csv(
         args.csv,
         features=features,
@@ -96,7 +103,7 @@ def _load_training_csv(
         label_column=label,
         fault_column=fault,
         drop_invalid=args.drop_invalid,
-        group_columns=args.device_columns,
+        group_columns=groups,
         parse_timestamps=parse_timestamps,
         time_rules=time_rules_of(args),
     )
@@ -138,14 +145,39 @@ def _split_training_part(
     return head, rest, described
 
 
-def _evaluate_rest(pipeline: Any, metadata: dict[str, Any], rest: Dataset) -> dict[str, Any] | None:
+def _evaluate_rest(
+    pipeline: Any, metadata: dict[str, Any], dataset: Dataset, rest: Dataset
+) -> dict[str, Any] | None:
     if not len(rest):
         return None
     scorer = Scorer(pipeline, {**metadata, "version": "candidate"}, ".")
-    scores = _score_dataset(scorer, rest.X)
+    if scorer.dynamics is not None:
+        # Per-device state: the training part is replayed first, as the gateway would
+        # have seen it, then the rest is scored.
+        order = np.argsort(dataset.ts_ns, kind="stable")
+        keys = dataset.groups if dataset.groups is not None else np.full(len(dataset), "")
+        scores_all = np.empty(len(dataset))
+        scores_all[order] = score_in_order(
+            scorer, keys[order], dataset.ts_ns[order], dataset.X[order]
+        )
+        rest_rows = np.isin(np.arange(len(dataset)), _rest_positions(dataset, rest))
+        scores = scores_all[rest_rows]
+    else:
+        scores = _score_dataset(scorer, rest.X)
     if rest.y is None:
         return alarm_summary(scores, scorer.threshold)
     return evaluate(scores, rest.y, scorer.threshold, faults=rest.faults)
+
+
+def _rest_positions(dataset: Dataset, rest: Dataset) -> np.ndarray:
+    """Positions in ``dataset`` of the rows of ``rest`` (a split_at part, same order)."""
+    taken = {(g, int(t)) for g, t in zip(_keys(rest), rest.ts_ns, strict=True)}
+    keys = _keys(dataset)
+    return np.flatnonzero([(g, int(t)) in taken for g, t in zip(keys, dataset.ts_ns, strict=True)])
+
+
+def _keys(data: Dataset) -> np.ndarray:
+    return data.groups if data.groups is not None else np.full(len(data), "", dtype=object)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -161,12 +193,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             "--test-fraction does not apply with --train-rows/--train-until: "
             "every row outside the training part is the test part"
         )
+    if detector == TIME_AWARE and features and any(parse_feature(f) for f in features):
+        raise DatasetError(
+            "stream features (e.g. x__std_10) are inputs of isolation_forest and pca_t2q; "
+            "the default dynamics detector keeps its own per-device statistics: pass "
+            "--detector isolation_forest, or plain columns in --features"
+        )
     dataset = _load_training_csv(
         args,
         features,
         args.label_column,
         args.fault_column,
-        parse_timestamps=args.train_until is not None,
+        # The time-aware detector reads each device's readings in time order.
+        parse_timestamps=args.train_until is not None or detector == TIME_AWARE,
+        per_device=detector == TIME_AWARE,
     )
     options = _train_options(args)
     params = {**t.detector_params(detector), **dict(args.param)}
@@ -176,9 +216,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         head, rest, described = _split_training_part(args, dataset)
         options["test_fraction"] = 0.0  # every other row is the test part
         pipeline, metadata = train(head, detector=detector, params=params, **options)
-        metadata["metrics"]["test"] = _evaluate_rest(pipeline, metadata, rest)
-        metadata["training"]["split"]["test"] = len(rest)
-        metadata["training"]["split"]["train_part"] = described
+        metadata["metrics"]["test"] = _evaluate_rest(pipeline, metadata, dataset, rest)
+        split = metadata["training"].setdefault("split", {})
+        split["test"] = len(rest)
+        split["train_part"] = described
     models_dir = models_dir_of(args)
     version_dir = save_artifact(models_dir, pipeline, metadata, activate=not args.no_activate)
     meta = read_metadata(version_dir)
@@ -273,23 +314,31 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"{args.csv.name}: evaluate needs labels; pass --label-column or --fault-column"
         )
     warmup = 0
-    if scorer.stream.has_derived:
-        # Windows need each device's whole history in time order: load it at once.
+    if scorer.stateful:
+        # Each device's whole history in time order, through the gateway's inputs.
         data = load_csv(
             args.csv,
-            features=list(scorer.features),
+            features=list(scorer.raw_fields),
             delimiter=args.delimiter,
             label_column=label,
             fault_column=fault,
             drop_invalid=args.drop_invalid,
             timestamp_column=args.timestamp_column,
-            group_columns=args.device_columns,
+            group_columns=args.device_columns
+            if args.device_columns is not None
+            else auto_group_columns(args.csv, args.delimiter, list(scorer.raw_fields)),
+            parse_timestamps=True,
             time_rules=time_rules_of(args),
         )
-        all_scores = _score_dataset(scorer, data.X)
-        all_labels = data.y if data.y is not None else fault_labels(data.faults)
-        all_faults = data.faults
-        dropped, warmup = data.rows_dropped + data.rows_duplicate, data.rows_warmup
+        order = np.argsort(data.ts_ns, kind="stable")
+        scores = np.empty(len(data))
+        scores[order] = score_in_order(scorer, _keys(data)[order], data.ts_ns[order], data.X[order])
+        scored = ~np.isnan(scores)
+        all_scores = scores[scored]
+        labels = data.y if data.y is not None else fault_labels(data.faults)
+        all_labels = labels[scored]
+        all_faults = None if data.faults is None else data.faults[scored]
+        dropped, warmup = data.rows_dropped + data.rows_duplicate, int((~scored).sum())
     else:
         all_scores, all_labels, all_faults, dropped = _evaluate_streamed(args, scorer, label, fault)
     metrics = evaluate(all_scores, all_labels, scorer.threshold, faults=all_faults)
@@ -355,38 +404,25 @@ def _unique_column(header: Sequence[str], name: str) -> str:
 
 
 class _StreamScores:
-    """Stream-feature models in ``score``: the gateway's per-device windows, in file order."""
+    """Models that read each device's history (stream features, the time-aware
+    detector) in ``score``: the gateway's per-device inputs, in file order."""
 
     def __init__(self, scorer: Scorer):
         self.scorer = scorer
-        self.windows: dict[str, RollingWindow] = {}
+        self.inputs = scorer.new_inputs()
         self.warmup = 0
         self.out_of_order = 0
 
     def chunk(self, chunk: Any) -> tuple[np.ndarray, np.ndarray]:
         """(scores with NaN where none, flagged) for the chunk's kept rows."""
-        fields = self.scorer.raw_fields
-        rows = np.full((len(chunk.kept), len(self.scorer.features)), np.nan)
-        ready = np.zeros(len(chunk.kept), dtype=bool)
-        for j in range(len(chunk.kept)):
-            key = str(chunk.groups[j])
-            window = self.windows.get(key)
-            if window is None:
-                window = self.windows[key] = self.scorer.new_window()
-            values = dict(zip(fields, chunk.X[j].tolist(), strict=True))
-            try:
-                row = window.update(int(chunk.ts_ns[j]), values)
-            except OutOfOrderReading:
-                self.out_of_order += 1
-                continue
-            if row is None:
-                self.warmup += 1
-                continue
-            rows[j], ready[j] = row, True
-        scores = np.full(len(chunk.kept), np.nan)
-        if ready.any():
-            scores[ready] = self.scorer.score(rows[ready])
-        return scores, ready & (scores >= self.scorer.threshold)
+        keys = [str(g) for g in chunk.groups] if chunk.groups is not None else [""] * len(chunk.X)
+        batch = self.inputs.build(keys, np.asarray(chunk.ts_ns, dtype=np.int64), chunk.X)
+        self.warmup += batch.warming
+        self.out_of_order += batch.late
+        scores = np.full(len(chunk.X), np.nan)
+        if batch.index.size:
+            scores[batch.index] = self.scorer.score(batch.X)
+        return scores, ~np.isnan(scores) & (np.nan_to_num(scores) >= self.scorer.threshold)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -395,7 +431,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     output_dir_for(args.out)  # fail before loading the model
     scorer = load_scorer(model_path_of(args))
     flagged = total = dropped = 0
-    stream = _StreamScores(scorer) if scorer.stream.has_derived else None
+    stream = _StreamScores(scorer) if scorer.stateful else None
     if stream is None:
         options: dict[str, Any] = {"features": list(scorer.features)}
     else:

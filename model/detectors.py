@@ -9,6 +9,9 @@ envelope, calibration and threshold path and is saved in the same artifact forma
 
 * ``isolation_forest`` - StandardScaler + IsolationForest (default);
 * ``pca_t2q`` - StandardScaler + PCA Hotelling T² + Q (:mod:`model.pca_monitor`).
+
+The default, ``dynamics`` (:mod:`model.dynamics`), is of another kind: it scores each
+reading from its device's recent history and is listed in ``ALL_DETECTORS``.
 """
 
 from __future__ import annotations
@@ -70,6 +73,12 @@ DETECTORS: dict[str, DetectorSpec] = {
         description="StandardScaler + PCA Hotelling T² + Q (SPE)",
     ),
 }
+
+
+# The time-aware detector is not an sklearn Pipeline: it keeps per-device state
+# (model.dynamics) and is trained by model.dynamics.train.
+TIME_AWARE = "dynamics"
+ALL_DETECTORS: tuple[str, ...] = (TIME_AWARE, *DETECTORS)
 
 
 def detector_params(name: str, params: dict[str, Any] | None = None) -> dict[str, Any]:

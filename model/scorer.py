@@ -31,7 +31,10 @@ import numpy as np
 
 from model.artifact import COMPILED_FILE, MODEL_FILE, ModelError, read_metadata, resolve
 from model.calibration import Calibration
+from model.dynamics.detector import NAME as TIME_AWARE
+from model.dynamics.detector import DynamicsDetector
 from model.envelope import Envelope
+from model.inputs import Inputs, inputs_for
 from model.stream_features import RollingWindow, StreamFeatureError, StreamSpec
 
 _LOG = logging.getLogger(__name__)
@@ -63,6 +66,16 @@ class Scorer:
         self.features: tuple[str, ...] = tuple(str(f["name"]) for f in metadata["features"])
         self.threshold = float(metadata["threshold"])
         self.calibration = Calibration.from_dict(metadata["calibration"])
+        # The time-aware detector: statistics of each device's history (model.dynamics).
+        self.dynamics = (
+            DynamicsDetector.from_dict(metadata["dynamics"])
+            if self.detector == TIME_AWARE
+            else None
+        )
+        if self.dynamics is not None:
+            if self.features != self.dynamics.columns:
+                raise ValueError(f"features {self.features} != {self.dynamics.columns}")
+            raw_fn = self.dynamics.raw_scores
         # Models saved before the envelope existed have none: no range term.
         env = metadata.get("envelope")
         self.envelope = (
@@ -76,7 +89,7 @@ class Scorer:
         self._pipeline = pipeline
         # IsolationForest pipelines are compiled to flat arrays (same scores, ~50x less
         # per-call overhead); other detectors score through sklearn.
-        if raw_fn is None:
+        if raw_fn is None and self.detector != TIME_AWARE:
             from model.detectors import compiled_raw_scores
 
             raw_fn = compiled_raw_scores(pipeline)
@@ -101,11 +114,38 @@ class Scorer:
     @property
     def raw_fields(self) -> tuple[str, ...]:
         """Reading fields the model needs (its plain features and the windowed fields)."""
+        if self.dynamics is not None:
+            return self.dynamics.fields
         return self.stream.raw_fields
+
+    @property
+    def stateful(self) -> bool:
+        """True if a reading's score depends on its device's earlier readings."""
+        return self.dynamics is not None or self.stream.has_derived
+
+    @property
+    def history_readings(self) -> int:
+        """Earlier readings of a device this model needs before its scores are complete
+        (0: each reading stands alone).  The time-aware detector scores after
+        ``warmup`` readings and adds its cross-sensor check after ``fit_after``."""
+        if self.dynamics is not None:
+            p = self.dynamics.params
+            return p.fit_after + 2 * p.hampel_half
+        return self.stream.warmup
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        """What each column of :meth:`explain` measures (alert drivers name these)."""
+        return self.dynamics.signals if self.dynamics is not None else self.features
 
     def new_window(self) -> RollingWindow:
         """Empty per-device window computing this model's features from readings."""
         return RollingWindow(self.stream)
+
+    def new_inputs(self) -> Inputs:
+        """Fresh per-device state turning readings (``raw_fields`` order) into rows."""
+        bank = self.dynamics.new_bank() if self.dynamics is not None else None
+        return inputs_for(self.stream, bank)
 
     def __repr__(self) -> str:
         return f"Scorer(version={self.version!r}, features={self.features!r})"
@@ -153,6 +193,9 @@ class Scorer:
         for name, value in zip(self.features, row, strict=True):
             if not math.isfinite(value):
                 raise ValueError(f"row 0: {name} is {value} (not finite)")
+        if self.dynamics is not None:
+            ratios = self.dynamics.ratios(np.array([row], dtype=np.float64))[0]
+            return self.calibration.apply_one(float(ratios.max())), ratios.tolist()
         if self._raw_one is not None:
             raw = self._raw_one(row)
         else:
@@ -172,9 +215,12 @@ class Scorer:
         """Per-feature signed z-deviation from the training mean, shape (n, k).
 
         Cheap and model-agnostic: it says which readings are unusual, not how the
-        detector weighed them.
+        detector weighed them.  For the time-aware detector: each statistic over its
+        control limit (the score is their maximum), named by :attr:`signals`.
         """
         X = self._check(X)
+        if self.dynamics is not None:
+            return self.dynamics.ratios(X)
         return (X - self._mean) / self._std
 
     def top_contributors(self, row_z: np.ndarray, n: int = 3) -> list[tuple[str, float]]:
@@ -182,7 +228,7 @@ class Scorer:
         row_z = np.asarray(row_z, dtype=np.float64).ravel()
         if row_z.shape[0] != len(self.features):
             raise ValueError(f"expected {len(self.features)} z-values, got {row_z.shape[0]}")
-        return [(self.features[i], zi) for i, zi in self.top_contributors_row(row_z.tolist(), n)]
+        return [(self.signals[i], zi) for i, zi in self.top_contributors_row(row_z.tolist(), n)]
 
     def top_contributors_row(self, z: Sequence[float], n: int = 3) -> list[tuple[int, float]]:
         """The ``n`` largest |z| of one row as (feature index, z) pairs; ties keep the
@@ -218,6 +264,9 @@ def load_scorer(path: str | Path) -> Scorer:
     missing = [key for key in _REQUIRED_METADATA if key not in metadata]
     if missing:
         raise ModelError(f"{version_dir}/metadata.json lacks {missing}")
+    if metadata["detector"] == TIME_AWARE:
+        # Everything is in the metadata: no pickle, no scikit-learn at serving time.
+        return _finish(version_dir, metadata, None, None)
     compiled = version_dir / COMPILED_FILE
     if metadata["detector"] == "isolation_forest" and compiled.is_file():
         forest = _load_compiled(compiled)

@@ -29,7 +29,7 @@ from contract.fields import DEFAULT_FIELDS
 from model.artifact import utc_now_rfc3339
 from model.calibration import DEFAULT_MAX_FALSE_ALARM_RATE, Calibration, choose_threshold
 from model.dataset import Dataset
-from model.detectors import build_detector, detector_params, raw_scores
+from model.detectors import TIME_AWARE, build_detector, detector_params, raw_scores
 from model.drift import reference_from_data
 from model.envelope import DEFAULT_WEIGHT, Envelope
 from model.metrics import alarm_summary, evaluate
@@ -160,6 +160,8 @@ def train(
     """
     if fit_on not in {"normal", "all"}:
         raise TrainingError(f"fit_on must be 'normal' or 'all', got {fit_on!r}")
+    if detector == TIME_AWARE:
+        return _train_time_aware(dataset, params or {}, fit_on)
     X, y = dataset.X, dataset.y
     if X.ndim != 2 or X.shape[1] != len(dataset.feature_names):
         raise TrainingError(f"X shape {X.shape} does not match features {dataset.feature_names}")
@@ -283,6 +285,24 @@ def train(
     if stream.has_derived:
         metadata["stream_features"] = stream.to_metadata()
     return pipeline, metadata
+
+
+def _train_time_aware(
+    dataset: Dataset, params: dict[str, Any], fit_on: str
+) -> tuple[Any, dict[str, Any]]:
+    """The time-aware detector: no random split (it reads each device's history in time
+    order); its honest evaluation is the backtest on data it has not seen."""
+    from model.dynamics.train import DynamicsTrainingError, train_dynamics
+
+    bank = dict(params)
+    options = {k: float(bank.pop(k)) for k in ("event_rate", "fault_margin_s") if k in bank}
+    with _stage(f"training {TIME_AWARE}"):
+        try:
+            detector, metadata = train_dynamics(dataset, params=bank, fit_on=fit_on, **options)
+        except DynamicsTrainingError as exc:
+            raise TrainingError(str(exc)) from None
+    metadata["versions"] = runtime_versions()
+    return detector, metadata
 
 
 def _field_of(name: str) -> str:

@@ -72,7 +72,10 @@ def sim_csv(tmp_path_factory) -> Path:
 def models_dir(tmp_path_factory, sim_csv) -> Path:
     """A model trained with the real CLI on the simulator's labelled data."""
     models = tmp_path_factory.mktemp("models")
-    train_model(sim_csv, models)
+    # The per-reading detector: these tests send single readings to new devices and
+    # check decisions reading by reading.  The default, time-aware model is tested end
+    # to end in test_backtest_gateway, test_api_series and the lifecycle tests.
+    train_model(sim_csv, models, "--detector", "isolation_forest")
     return models
 
 

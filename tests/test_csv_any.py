@@ -192,6 +192,7 @@ def test_device_less_csv_trains_and_scores_with_stream_features(tmp_path: Path, 
     models = tmp_path / "models"
     features = "pressure_bar,flow_l_min,pressure_bar__std_5"
     assert cli.main(["train", "--csv", str(path), "--features", features,
+                     "--detector", "isolation_forest",
                      "--models-dir", str(models)]) == 0  # fmt: skip
     meta = _meta(models)
     assert [f["name"] for f in meta["features"]] == features.split(",")
@@ -215,7 +216,8 @@ def test_empty_device_columns_mean_one_device(tmp_path: Path, quiet) -> None:
         encoding="utf-8",
     )
     models = tmp_path / "models"
-    base = ["train", "--csv", str(path), "--features", "v,v__mean_3", "--models-dir", str(models)]
+    base = ["train", "--csv", str(path), "--features", "v,v__mean_3", "--models-dir", str(models),
+            "--detector", "isolation_forest"]  # fmt: skip
     assert cli.main(base) == 0
     assert _meta(models)["training"]["rows_warmup"] == 4  # two devices
     assert cli.main([*base, "--device-columns", ""]) == 0
@@ -226,6 +228,7 @@ def test_missing_time_column_and_ms_epochs_name_their_flags(tmp_path: Path, quie
     no_time = tmp_path / "no_time.csv"
     no_time.write_text("v\n" + "".join(f"{i % 7}\n" for i in range(50)), encoding="utf-8")
     assert cli.main(["train", "--csv", str(no_time), "--features", "v,v__std_3",
+                     "--detector", "isolation_forest",
                      "--models-dir", str(tmp_path / "m")]) == 2  # fmt: skip
     assert "name it with --timestamp-column" in capsys.readouterr().err
     ms = tmp_path / "ms.csv"
@@ -233,7 +236,8 @@ def test_missing_time_column_and_ms_epochs_name_their_flags(tmp_path: Path, quie
         "time,v\n" + "".join(f"{1709287200000 + 1000 * i},{i % 7}\n" for i in range(50)),
         encoding="utf-8",
     )
-    args = ["train", "--csv", str(ms), "--features", "v,v__std_3", "--models-dir", str(tmp_path)]
+    args = ["train", "--csv", str(ms), "--features", "v,v__std_3", "--models-dir", str(tmp_path),
+            "--detector", "isolation_forest"]  # fmt: skip
     assert cli.main(args) == 2
     assert "pass --epoch-unit ms" in capsys.readouterr().err
     if CLI_WIRED:
@@ -248,6 +252,7 @@ def test_train_rows_fits_on_the_first_rows_and_tests_the_rest(tmp_path: Path, qu
     path = _plant_csv(tmp_path / "plant.csv")
     models = tmp_path / "models"
     assert cli.main(["train", "--csv", str(path), "--features", "pressure_bar,flow_l_min",
+                     "--detector", "isolation_forest",
                      "--train-rows", "150", "--models-dir", str(models)]) == 0  # fmt: skip
     training = _meta(models)["training"]
     split = training["split"]
@@ -258,6 +263,7 @@ def test_train_rows_fits_on_the_first_rows_and_tests_the_rest(tmp_path: Path, qu
     assert test["rows"] == 250 and "f1" not in test
     # With labels: fitted on the normal rows of the part, metrics on the other 250.
     assert cli.main(["train", "--csv", str(path), "--features", "pressure_bar,flow_l_min",
+                     "--detector", "isolation_forest",
                      "--train-rows", "150", "--label-column", "is_anomaly",
                      "--models-dir", str(models)]) == 0  # fmt: skip
     meta = _meta(models)
@@ -271,7 +277,7 @@ def test_train_until_reads_naive_times_in_the_given_zone(tmp_path: Path, quiet, 
     path = _plant_csv(tmp_path / "plant.csv")  # 2024-03-30 12:00 onwards, one a minute
     models = tmp_path / "models"
     base = ["train", "--csv", str(path), "--features", "pressure_bar,flow_l_min",
-            "--models-dir", str(models)]  # fmt: skip
+            "--detector", "isolation_forest", "--models-dir", str(models)]  # fmt: skip
     # CSV and TIME both naive, both in Berlin: the split is at the 180th row.
     assert cli.main([*base, "--timezone", "Europe/Berlin",
                      "--train-until", "2024-03-30 15:00:00"]) == 0  # fmt: skip
@@ -326,11 +332,22 @@ def test_nab_machine_temperature_as_it_is(tmp_path: Path, quiet) -> None:
     else:
         assert cli.main(["train", "--csv", str(NAB_CSV), "--features", "value",
                          "--models-dir", str(models)]) == 0  # fmt: skip
-    assert _meta(models)["features"] == [{"name": "value", "unit": ""}]
+    meta = _meta(models)  # the default, time-aware detector, on the one column
+    assert meta["detector"] == "dynamics" and meta["dynamics"]["params"]["fields"] == ["value"]
     scored = tmp_path / "scored.csv"
     assert cli.main(["score", "--csv", str(NAB_CSV), "--out", str(scored),
                      "--models-dir", str(models)]) == 0  # fmt: skip
     with open(scored, newline="") as fh:
         out = list(csv.DictReader(fh))
-    assert len(out) == len(rows) and all(r["score"] for r in out)
+    assert len(out) == len(rows)
+    # The file steps back an hour on 2014-01-07 (02:00-02:55 twice): those 12 readings are
+    # not later than ones already seen, so the per-device model leaves them unscored, as
+    # the gateway would.  Every other row has a score.
+    newest, late = "", set()
+    for i, row in enumerate(rows):
+        if row["timestamp"] <= newest:
+            late.add(i)
+        newest = max(newest, row["timestamp"])
+    assert len(late) == 12
+    assert {i for i, r in enumerate(out) if not r["score"]} == late
     assert out[0]["timestamp"] == rows[0]["timestamp"]  # the input's own cells, untouched

@@ -38,6 +38,7 @@ AS_ROOT = os.geteuid() == 0
 # even if someone edits the work tree meanwhile.
 SOURCE_PARTS = [
     "api",
+    "backtest",
     "common",
     "contract",
     "gateway",
@@ -117,7 +118,16 @@ def root(tmp_path, installed) -> Path:
 def test_application_is_copied_without_dev_files(installed, src):
     root, _ = installed
     app = root / "opt/factory-gateway/app"
-    for package in ("common", "contract", "gateway", "model", "sensors", "api", "config"):
+    for package in (
+        "common",
+        "contract",
+        "gateway",
+        "model",
+        "sensors",
+        "api",
+        "backtest",
+        "config",
+    ):
         assert (app / package).is_dir(), package
     assert (app / "gateway/__main__.py").read_bytes() == (src / "gateway/__main__.py").read_bytes()
     assert (app / "requirements.txt").read_bytes() == (src / "requirements.txt").read_bytes()

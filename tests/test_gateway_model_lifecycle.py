@@ -90,9 +90,9 @@ def test_recalibrated_sensor_raises_a_model_drift_alert(start_gateway, mosquitto
 @pytest.fixture
 def stream_models(tmp_path, sim_csv, models_dir):
     models = tmp_path / "stream-models"
-    train_model(
-        sim_csv, models, "--features", "temperature_c,humidity_pct,sound_db,sound_db__std_10"
-    )
+    # Stream features are for the plain detectors (dynamics keeps its own statistics).
+    train_model(sim_csv, models, "--detector", "isolation_forest",
+                "--features", "temperature_c,humidity_pct,sound_db,sound_db__std_10")  # fmt: skip
     return models
 
 
@@ -126,9 +126,9 @@ def test_stream_feature_model_in_the_gateway(
         influxdb.url, f"SELECT count(warming_up) FROM reading WHERE device='{device}'", TEST_DB
     )
     assert warm[0]["values"][0][1] == 9  # a 10-reading window fills on the 10th
-    # Shadow mode: the plain model scored the same readings; only counted, not acted on.
-    # (It needs other inputs than the active stream model, so it is skipped here.)
-    assert gw.metric("gateway_shadow_scored_total") == 0
+    # Shadow mode: the plain model scores from its own inputs; compared (only counted,
+    # not acted on) on the 21 readings both models scored.
+    assert gw.metric("gateway_shadow_scored_total") == 21
 
 
 def test_shadow_model_is_scored_but_not_acted_on(
@@ -159,3 +159,35 @@ def test_shadow_model_is_scored_but_not_acted_on(
     assert [s["tags"]["model_version"] for s in versions] == [
         (models_dir / "current").resolve().name
     ]
+
+
+SMALL_DYNAMICS = ("--detector", "dynamics", "--param", "fit_after=300", "--param", "warmup=20")
+
+
+def test_time_aware_model_with_a_retrained_shadow(
+    start_gateway, mosquitto, influxdb, sim_csv, tmp_path
+):
+    """The time-aware detector in the gateway, with a candidate of the same detector (other
+    limits) in shadow mode: the shadow scores exactly the readings the active model scored."""
+    active, shadow = tmp_path / "dyn", tmp_path / "dyn-shadow"
+    train_model(sim_csv, active, *SMALL_DYNAMICS)
+    train_model(sim_csv, shadow, *SMALL_DYNAMICS, "--param", "event_rate=0.001")
+    gw = start_gateway(models=active, env={"GATEWAY_MODEL_SHADOW_PATH": f"{shadow}/current"})
+    device = unique("dyn")
+    t0 = time.time() - 600
+    n = 80
+    values = [
+        {"temperature_c": 60 + (i % 5) * 0.1, "humidity_pct": 45 + (i % 3),
+         "sound_db": 75 + (i % 7) * 0.2, "ts": t0 + i}
+        for i in range(n)
+    ]  # fmt: skip
+    publish_all(
+        mosquitto.port, [(f"factory/line1/{device}/reading", orjson.dumps(v)) for v in values]
+    )
+    wait_for_points(influxdb.url, TEST_DB, f"device='{device}'", n)
+    scored = query(
+        influxdb.url, f"SELECT count(score) FROM reading WHERE device='{device}'", TEST_DB
+    )[0]["values"][0][1]
+    assert scored > n / 2
+    wait_until(lambda: gw.metric("gateway_shadow_scored_total") >= scored, 10, "shadow scoring")
+    assert gw.metric("gateway_shadow_scored_total") == scored

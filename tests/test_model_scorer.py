@@ -373,6 +373,8 @@ def cli_model(tmp_path_factory):
         models,
         "--seed",
         "3",
+        "--detector",  # these tests are about the per-reading detectors' CLI
+        "isolation_forest",
     )
     return tmp, models, result
 
@@ -443,7 +445,15 @@ def test_cli_bad_csv_exits_2_with_one_line(cli_model) -> None:
     assert "Traceback" not in result.stderr
     assert not (tmp / "x.csv").exists()
 
-    result = run_cli("train", "--csv", bad, "--features", "temperature_c,vibration")
+    result = run_cli(
+        "train",
+        "--csv",
+        bad,
+        "--features",
+        "temperature_c,vibration",
+        "--detector",
+        "isolation_forest",
+    )
     assert result.returncode == 2
     assert "error: bad.csv: feature column 'vibration' not found" in result.stderr
     assert "Traceback" not in result.stderr

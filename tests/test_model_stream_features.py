@@ -227,7 +227,8 @@ def test_train_with_stream_features_and_score_like_the_gateway(
 ) -> None:
     monkeypatch.setattr(cli, "setup_logging", lambda level=None: None)
     models = tmp_path / "models"
-    args = ["train", "--csv", str(sim_csv), "--features", BRIEF_FEATURES]
+    args = ["train", "--csv", str(sim_csv), "--features", BRIEF_FEATURES,
+            "--detector", "isolation_forest"]  # fmt: skip
     assert cli.main([*args, "--models-dir", str(models), "--fault-column", "fault"]) == 0
     meta = json.loads((models / "current" / "metadata.json").read_text())
     devices = 6  # the sim_csv fixture: 2 lines x 3 devices
