@@ -203,7 +203,7 @@ def create_app(
     def answer_predict(mimetype: str, raw: bytes) -> Any:
         model = holder.get()  # one model for the whole request, even if a reload happens
         parsed = parse_request(mimetype, raw, cfg.limits.max_records)
-        body, count, anomalies = predict_body(parsed, model)
+        body, count, anomalies = predict_body(parsed, model, influx)
         metrics.records.observe(count)
         metrics.scored.inc(count)
         if anomalies:
@@ -258,11 +258,14 @@ def create_app(
 
     @app.get("/openapi.json")
     def openapi() -> Response:
-        scorer = holder.get().scorer
+        model = holder.get()
+        scorer = model.scorer
         body = openapi_cache.get(scorer.version)
         if body is None:
             doc = build_openapi(
-                features=scorer.features,
+                features=model.fields,
+                signals=scorer.signals,
+                stateful=model.stateful,
                 max_records=cfg.limits.max_records,
                 max_body_bytes=cfg.limits.max_body_bytes,
                 max_minutes=cfg.influx.max_minutes,

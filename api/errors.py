@@ -41,6 +41,49 @@ class ApiError(Exception):
         return {"error": err}
 
 
+# How many bad records one 422 lists besides the first.
+MAX_ERROR_DETAILS = 10
+
+
+class RecordProblems:
+    """The bad records of one request, reported in one 422: the first, how many, and
+    a few more in ``details``."""
+
+    def __init__(self, total: int, single: bool):
+        self._total = total
+        self._single = single
+        self._problems: list[dict[str, Any]] = []
+        self.rejected = 0
+
+    def __bool__(self) -> bool:
+        return self.rejected > 0
+
+    def add(self, code: str, message: str, field: str | None, index: int) -> None:
+        self.rejected += 1
+        if len(self._problems) <= MAX_ERROR_DETAILS:
+            problem: dict[str, Any] = {"code": code, "message": message}
+            if field is not None:
+                problem["field"] = field
+            if not self._single:
+                problem["index"] = index
+            self._problems.append(problem)
+
+    def raise_any(self) -> None:
+        if not self._problems:
+            return
+        first = self._problems[0]
+        where = "" if self._single else f"record {first['index']}: "
+        more = f" ({self.rejected} of {self._total} records rejected)" if self.rejected > 1 else ""
+        raise ApiError(
+            422,
+            first["code"],
+            f"{where}{first['message']}{more}",
+            field=first.get("field"),
+            index=first.get("index"),
+            details=self._problems[1:],
+        )
+
+
 def dumps(body: Any) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 

@@ -70,9 +70,7 @@ class InfluxReader:
     def build_query(self, minutes: int, line: str | None, device: str | None) -> str:
         cfg = self._cfg
         columns = [*self._fields, "score", "is_anomaly", "model_version"]
-        source = quote_ident(cfg.measurement)
-        if cfg.retention_policy:
-            source = f"{quote_ident(cfg.retention_policy)}.{source}"
+        source = self._source()
         where = [f"time > now() - {int(minutes)}m"]
         if line:
             where.append(f'"line" = {quote_string(line)}')
@@ -85,14 +83,50 @@ class InfluxReader:
             f"ORDER BY time DESC LIMIT {int(cfg.max_points_per_device)}"
         )
 
-    def _query(self, q: str) -> list[dict[str, Any]]:
+    def _source(self) -> str:
+        source = quote_ident(self._cfg.measurement)
+        if self._cfg.retention_policy:
+            source = f"{quote_ident(self._cfg.retention_policy)}.{source}"
+        return source
+
+    def build_history_query(
+        self, line: str, device: str, fields: tuple[str, ...], before_ns: int, limit: int
+    ) -> str:
+        return (
+            f"SELECT {', '.join(quote_ident(f) for f in fields)} FROM {self._source()} "
+            f'WHERE "line" = {quote_string(line)} AND "device" = {quote_string(device)} '
+            f"AND time < {int(before_ns)} ORDER BY time DESC LIMIT {int(limit)}"
+        )
+
+    def history(
+        self, line: str, device: str, fields: tuple[str, ...], before_ns: int, limit: int
+    ) -> tuple[list[int], list[list[float]]]:
+        """A device's newest ``limit`` stored readings before ``before_ns``, oldest
+        first: (ts in epoch ns, values in ``fields`` order).  Readings without one of
+        the fields are skipped.  Raises InfluxUnavailable / InfluxQueryError."""
+        if limit <= 0:
+            return [], []
+        q = self.build_history_query(line, device, fields, before_ns, limit)
+        ts: list[int] = []
+        values: list[list[float]] = []
+        for series in self._query(q, epoch="ns"):
+            for row in reversed(series.get("values") or []):
+                rest = row[1:]
+                if len(rest) == len(fields) and all(
+                    isinstance(v, int | float) and not isinstance(v, bool) for v in rest
+                ):
+                    ts.append(int(row[0]))
+                    values.append([float(v) for v in rest])
+        return ts, values
+
+    def _query(self, q: str, epoch: str = "ms") -> list[dict[str, Any]]:
         if not self._base:
             raise InfluxUnavailable("no InfluxDB configured (influx.url is empty)")
         try:
             resp = self._http.request(
                 "POST",
                 f"{self._base}/query",
-                fields={"db": self._cfg.database, "q": q, "epoch": "ms"},
+                fields={"db": self._cfg.database, "q": q, "epoch": epoch},
                 headers=self._headers,
                 encode_multipart=False,
             )

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract import DEFAULT_FIELDS, DecodeLimits
-from model.artifact import CURRENT, ModelError
+from model.artifact import CURRENT
+from model.reading_fields import required_fields
 from model.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ class LoadedModel:
     loaded_at: float
     # The symlink target seen before loading ("" when not watching a link).
     target: str
+    # Reading fields in the order the model reads them (Scorer.raw_fields).
+    fields: tuple[str, ...] = ()
+    # A reading's score depends on its device's earlier readings (api.series).
+    stateful: bool = False
 
 
 def _watched_link(path: Path) -> Path | None:
@@ -51,15 +56,12 @@ def _watched_link(path: Path) -> Path | None:
 
 
 def decode_limits(scorer: Scorer, max_payload_bytes: int) -> DecodeLimits:
-    known = {f.name for f in DEFAULT_FIELDS}
-    unknown = [f for f in scorer.features if f not in known]
-    if unknown:
-        raise ModelError(
-            f"model {scorer.version} needs fields {unknown} that the wire contract does not define"
-        )
+    # The gateway's rule (model.reading_fields): the reading fields the model reads,
+    # not its input columns, so stream-feature and dynamics models are served too.
+    required = required_fields(scorer, (f.name for f in DEFAULT_FIELDS))
     return DecodeLimits(
         fields=DEFAULT_FIELDS,
-        required=scorer.features,
+        required=required,
         max_payload_bytes=max_payload_bytes,
         max_future_s=_NO_AGE_LIMIT,
         max_age_s=_NO_AGE_LIMIT,
@@ -159,4 +161,7 @@ class ModelHolder:
         # Load the version the link named when we read it, not whatever it names now.
         path = self._link.parent / target if target and self._link is not None else self._path
         scorer = self._factory(path)
-        return LoadedModel(scorer, decode_limits(scorer, self._max_payload), time.time(), target)
+        limits = decode_limits(scorer, self._max_payload)
+        return LoadedModel(
+            scorer, limits, time.time(), target, tuple(limits.required or ()), scorer.stateful
+        )

@@ -32,13 +32,46 @@ def _field_schema(spec: FieldSpec) -> dict[str, Any]:
 def build_openapi(
     *,
     features: tuple[str, ...],
+    signals: tuple[str, ...] | None = None,
+    stateful: bool = False,
     max_records: int,
     max_body_bytes: int,
     max_minutes: int,
     keys_enabled: bool,
     version: str,
 ) -> dict[str, Any]:
+    """``features``: the reading fields the model needs (``LoadedModel.fields``);
+    ``signals``: what drivers name (``Scorer.signals``, default ``features``);
+    ``stateful``: records may name their device and get per-device answers."""
     specs = {f.name: f for f in DEFAULT_FIELDS}
+    signals = features if signals is None else signals
+    device_props: dict[str, Any] = {}
+    result_props: dict[str, Any] = {}
+    if stateful:
+        name = {"type": "string", "minLength": 1, "maxLength": 64, "pattern": "^[^+#/ ]+$"}
+        device_props = {
+            "line": {**name, "description": "production line (with device): whose history"},
+            "device": {**name, "description": "device (with line); its stored readings "
+                       "come before this record"},
+        }  # fmt: skip
+        result_props = {
+            "status": {
+                "type": "string",
+                "enum": ["scored", "partial", "warming_up", "out_of_order"],
+            },
+            "detail": {
+                "type": "string",
+                "description": "why there is no score, or which history the partial score had",
+            },
+            "history": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "earlier readings of the device the score used "
+                "(stored ones and earlier records of the request)",
+            },
+            "line": {"type": "string"},
+            "device": {"type": "string"},
+        }
     reading = {
         "type": "object",
         "description": (
@@ -52,6 +85,7 @@ def build_openapi(
                 "oneOf": [{"type": "string", "format": "date-time"}, {"type": "number"}],
             },
             "seq": {"type": "integer", "minimum": 0, "description": "per-device sequence"},
+            **device_props,
         },
         "required": list(features),
     }
@@ -59,20 +93,39 @@ def build_openapi(
         "type": "object",
         "required": ["feature", "value", "z"],
         "properties": {
-            "feature": {"type": "string", "enum": list(features)},
+            "feature": {"type": "string", "enum": list(signals)},
             "value": {"type": "number"},
             "z": {
                 "type": "number",
-                "description": "signed deviation from the training mean in standard deviations",
+                "description": (
+                    "the statistic over its control limit (1 = at the limit)"
+                    if stateful and signals != features
+                    else "signed deviation from the training mean in standard deviations"
+                ),
             },
         },
     }
+    nullable = "null: not scored (see status)"
     result = {
         "type": "object",
-        "required": ["score", "is_anomaly", "threshold", "model_version", "drivers"],
+        "required": [
+            "score",
+            "is_anomaly",
+            "threshold",
+            "model_version",
+            "drivers",
+            *(["status", "history"] if stateful else []),
+        ],
         "properties": {
-            "score": {"type": "number", "minimum": 0, "maximum": 1},
-            "is_anomaly": {"type": "boolean", "description": "score >= threshold"},
+            "score": (
+                {"type": ["number", "null"], "minimum": 0, "maximum": 1, "description": nullable}
+                if stateful
+                else {"type": "number", "minimum": 0, "maximum": 1}
+            ),
+            "is_anomaly": {
+                "type": ["boolean", "null"] if stateful else "boolean",
+                "description": "score >= threshold" + (f"; {nullable}" if stateful else ""),
+            },
             "threshold": {"type": "number"},
             "model_version": {"type": "string"},
             "drivers": {
@@ -80,6 +133,7 @@ def build_openapi(
                 "items": {"$ref": "#/components/schemas/Driver"},
                 "description": "features ordered by how unusual their value is (|z|)",
             },
+            **result_props,
         },
     }
     batch = {
@@ -90,6 +144,11 @@ def build_openapi(
             "threshold": {"type": "number"},
             "count": {"type": "integer", "minimum": 0},
             "anomalies": {"type": "integer", "minimum": 0},
+            **(
+                {"scored": {"type": "integer", "minimum": 0, "description": "records scored"}}
+                if stateful
+                else {}
+            ),
             "results": {
                 "type": "array",
                 "items": {"$ref": "#/components/schemas/PredictResult"},
@@ -151,6 +210,16 @@ def build_openapi(
                     "scored by one model; a bad record rejects the request (422) naming "
                     f"its index and field. At most {max_records} records and "
                     f"{max_body_bytes} bytes."
+                    + (
+                        " This model scores a reading from its device's earlier readings: "
+                        "records may carry line and device; each device's records are "
+                        "scored in ts order after its stored readings (InfluxDB). Each result "
+                        "has a status (scored, partial: short history, warming_up: no score "
+                        "yet, out_of_order) and a detail saying which history it had (HTTP "
+                        "200 for a valid request, even when nothing could be scored)."
+                        if stateful
+                        else ""
+                    )
                 ),
                 "security": secured,
                 "requestBody": {
@@ -202,6 +271,12 @@ def build_openapi(
                     "422": _error(
                         "a record is invalid: missing, non-numeric, non-finite, "
                         "out of range; names the field and the record index"
+                        + (
+                            "; or a bad line/device name, ts on some records of a device "
+                            "but not all, or too many devices in one request"
+                            if stateful
+                            else ""
+                        )
                     ),
                 },
             }

@@ -16,14 +16,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from api.errors import ApiError
+from api.errors import ApiError, RecordProblems
 from api.model_holder import LoadedModel
+from api.series import DRIVERS, HistorySource, score_series, validate_series
 from contract import Rejected, normalise_record
-
-# How many bad records one 422 lists besides the first.
-MAX_ERROR_DETAILS = 10
-# Features reported per record as what drove the score.
-DRIVERS = 3
 
 _SHAPE_HINT = 'send one reading object, a list of them, or {"records": [...]}'
 
@@ -103,35 +99,16 @@ def validate(parsed: ParsedRequest, model: LoadedModel) -> list[list[float]]:
     features = model.scorer.features
     now_ns = time.time_ns()
     rows: list[list[float]] = []
-    problems: list[dict[str, Any]] = []
-    rejected = 0
+    problems = RecordProblems(len(parsed.records), parsed.single)
     for index, record in enumerate(parsed.records):
         try:
             values, _ts, _seq = normalise_record(record, now_ns, model.limits)
         except Rejected as rej:
-            rejected += 1
-            if len(problems) <= MAX_ERROR_DETAILS:
-                problem: dict[str, Any] = {"code": rej.reason, "message": rej.detail}
-                if rej.field is not None:
-                    problem["field"] = rej.field
-                if not parsed.single:
-                    problem["index"] = index
-                problems.append(problem)
+            problems.add(rej.reason, rej.detail, rej.field, index)
             continue
         if not problems:
             rows.append([values[f] for f in features])
-    if problems:
-        first = problems[0]
-        where = "" if parsed.single else f"record {first['index']}: "
-        more = f" ({rejected} of {len(parsed.records)} records rejected)" if rejected > 1 else ""
-        raise ApiError(
-            422,
-            first["code"],
-            f"{where}{first['message']}{more}",
-            field=first.get("field"),
-            index=first.get("index"),
-            details=problems[1:],
-        )
+    problems.raise_any()
     return rows
 
 
@@ -167,11 +144,20 @@ def score(rows: list[list[float]], model: LoadedModel) -> list[dict[str, Any]]:
     ]
 
 
-def predict_body(parsed: ParsedRequest, model: LoadedModel) -> tuple[Any, int, int]:
-    """The response body for a parsed request, its record count and anomaly count."""
-    x = validate(parsed, model)
-    results = score(x, model)
-    anomalies = sum(r["is_anomaly"] for r in results)
+def predict_body(
+    parsed: ParsedRequest, model: LoadedModel, history: HistorySource | None = None
+) -> tuple[Any, int, int]:
+    """The response body for a parsed request, its record count and anomaly count.
+
+    A stateful model scores each device's records in time order after the device's
+    stored readings (``history``, see :mod:`api.series`)."""
+    extra: dict[str, Any] = {}
+    if model.stateful:
+        results = score_series(validate_series(parsed, model), model, history)
+        extra["scored"] = sum(r["score"] is not None for r in results)
+    else:
+        results = score(validate(parsed, model), model)
+    anomalies = sum(r["is_anomaly"] is True for r in results)
     if parsed.single:
         return results[0], 1, anomalies
     scorer = model.scorer
@@ -180,6 +166,7 @@ def predict_body(parsed: ParsedRequest, model: LoadedModel) -> tuple[Any, int, i
         "threshold": round(scorer.threshold, 6),
         "count": len(results),
         "anomalies": anomalies,
+        **extra,
         "results": results,
     }
     return body, len(results), anomalies

@@ -19,8 +19,17 @@ costs little CPU on this 2-core machine):
 * the app alone: one-record ``/predict`` with the WSGI app called in-process.
 
 Without ``--model`` a model is trained first on simulator data with the real CLI
-(``python -m sensors.simulate`` + ``python -m model train``).  Prints tables; exits
-non-zero only if a server fails to start or answers with an error.
+(``python -m sensors.simulate`` + ``python -m model train``, ``--detector`` to choose;
+the project default is the time-aware ``dynamics``).  Prints tables; exits non-zero
+only if a server fails to start or answers with an error.
+
+Models with per-device state (``dynamics``, rolling stream features) are measured
+too: records without ``line``/``device`` are one unnamed device, scored in request
+order with no stored history.  ``--device LINE/DEVICE --influx-url URL`` names the
+device in every record, so each request also reads that device's stored history
+from InfluxDB (up to ``history_readings`` readings) and runs it through the model:
+the cost of a single reading for a known device.  The naive set-up (sklearn
+``predict`` per record) has no per-device state and is skipped for such models.
 """
 
 from __future__ import annotations
@@ -222,6 +231,10 @@ class Server:
         self.proc.wait(30)
 
 
+# InfluxDB the API reads stored history from ("": none; --influx-url).
+INFLUX = {"API_INFLUX_URL": "", "API_INFLUX_DATABASE": "factory"}
+
+
 def api_server(model: Path, worker_class: str, workers: int, threads: int) -> Server:
     name = f"gunicorn {worker_class} {workers}w" + (
         f"x{threads}t" if worker_class == "gthread" else ""
@@ -235,7 +248,7 @@ def api_server(model: Path, worker_class: str, workers: int, threads: int) -> Se
             "API_SERVER_WORKERS": str(workers),
             "API_SERVER_THREADS": str(threads),
             "API_LOG_LEVEL": "WARNING",
-            "API_INFLUX_URL": "",
+            **INFLUX,
         },
     )
 
@@ -283,10 +296,10 @@ def serve_naive(model: Path, port: int) -> None:
     app.run(host="127.0.0.1", port=port, threaded=True)
 
 
-def in_process_us(model: Path, count: int) -> float:
+def in_process_us(model: Path, count: int, workload: list[str]) -> float:
     """µs per one-record ``POST /predict`` with the WSGI app called directly (no HTTP,
     no gunicorn): what the app itself costs.  Runs in a fresh interpreter."""
-    argv = [sys.executable, "-m", "bench.bench_api", "--in-process", str(count)]
+    argv = [sys.executable, "-m", "bench.bench_api", "--in-process", str(count), *workload]
     out = subprocess.run(
         [*argv, "--model", str(model)],
         cwd=ROOT, check=True, capture_output=True, text=True,
@@ -294,13 +307,18 @@ def in_process_us(model: Path, count: int) -> float:
     return float(out.stdout.split()[-1])
 
 
-def serve_in_process(model: Path, count: int) -> None:
+def serve_in_process(model: Path, count: int, influx_url: str, influx_db: str) -> None:
     import io
 
     from api.app import create_app
-    from api.config import ApiConfig, ModelConfig
+    from api.config import ApiConfig, InfluxQueryConfig, ModelConfig
 
-    app = create_app(ApiConfig(model=ModelConfig(path=str(model), check_interval_s=0)))
+    app = create_app(
+        ApiConfig(
+            model=ModelConfig(path=str(model), check_interval_s=0),
+            influx=InfluxQueryConfig(url=influx_url, database=influx_db),
+        )
+    )
     body = json.dumps(RECORD).encode()
     base = {
         "REQUEST_METHOD": "POST", "PATH_INFO": "/predict", "SERVER_NAME": "bench",
@@ -349,19 +367,29 @@ def make_server(setup: str, model: Path) -> Server:
 # --- the run -------------------------------------------------------------------------------
 
 
-def ensure_model(model: Path | None, workdir: Path) -> Path:
+def ensure_model(model: Path | None, workdir: Path, detector: str | None = None) -> Path:
     if model is not None:
         return model
+    chosen = ["--detector", detector] if detector else []
     data = workdir / "sim.csv"
     models = workdir / "models"
     for argv in (
         ["sensors.simulate", "--csv", str(data), "--lines", "2", "--devices", "3",
          "--interval", "1", "--duration", "3600", "--seed", "7", "--faults", "all"],
         ["model", "train", "--csv", str(data), "--models-dir", str(models),
-         "--label-column", "is_anomaly", "--fault-column", "fault", "--timestamp-column", "ts"],
+         "--label-column", "is_anomaly", "--fault-column", "fault", "--timestamp-column", "ts",
+         *chosen],
     ):  # fmt: skip
         subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, check=True, capture_output=True)
     return models / "current"
+
+
+def _model_kind(model: Path) -> tuple[bool, int]:
+    """(keeps per-device state, history_readings) of the model."""
+    from model.scorer import load_scorer
+
+    scorer = load_scorer(model)
+    return scorer.stateful, scorer.history_readings
 
 
 def run_all(servers: list[Server], args: argparse.Namespace) -> list[dict[str, object]]:
@@ -469,6 +497,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="client processes for throughput")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument(
+        "--detector", help="detector of the model trained without --model (default: project's)"
+    )
+    parser.add_argument(
+        "--device",
+        default="",
+        help="LINE/DEVICE named in every record: stateful models read its stored history",
+    )
+    parser.add_argument("--influx-url", default="", help="InfluxDB the API reads history from")
+    parser.add_argument("--influx-db", default="factory", help="its database (default factory)")
+    parser.add_argument(
         "--setups",
         default=DEFAULT_SETUPS,
         help=f"servers to compare, comma-separated (default: {DEFAULT_SETUPS}): "
@@ -476,28 +514,47 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--serve-naive", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--in-process", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--in-process-count", type=int, default=5000, help="requests timed in-process"
+    )
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.device:
+        line, sep, device = args.device.partition("/")
+        if not (line and sep and device):
+            parser.error("--device must be LINE/DEVICE")
+        RECORD.update(line=line, device=device)
+    INFLUX.update(API_INFLUX_URL=args.influx_url, API_INFLUX_DATABASE=args.influx_db)
+    workload = ["--device", args.device, "--influx-url", args.influx_url]
+    workload += ["--influx-db", args.influx_db]
     if args.serve_naive:
         serve_naive(args.model, args.port)
         return 0
     if args.in_process:
-        serve_in_process(args.model, args.in_process)
+        serve_in_process(args.model, args.in_process, args.influx_url, args.influx_db)
         return 0
 
     setups = args.setups.split(",")
     for setup in setups:  # refuse a typo before training a model
         make_server(setup, Path("."))
     with tempfile.TemporaryDirectory(prefix="bench-api-") as tmp:
-        model = ensure_model(args.model, Path(tmp))
+        model = ensure_model(args.model, Path(tmp), args.detector)
+        stateful, history = _model_kind(model)
+        if stateful and "naive" in setups:
+            # Per-record sklearn predict has no per-device state: nothing to compare.
+            setups = [s for s in setups if s != "naive"]
+            print("naive set-up skipped: the model keeps per-device state")
+        kind = f"stateful, history_readings {history}" if stateful else "plain"
+        records = f"device {args.device}" if args.device else "no device"
         print(
-            f"model {model.resolve().name}; {os.cpu_count()} CPUs; load average "
+            f"model {model.resolve().name} ({kind}); records: {records}, InfluxDB "
+            f"{args.influx_url or 'none'}; {os.cpu_count()} CPUs; load average "
             f"{os.getloadavg()[0]:.1f}; throughput: median of {args.repeat} rounds "
             f"of {args.duration:g} s"
         )
         servers = [make_server(setup, model) for setup in setups]
         rows = run_all(servers, args)
-        app_us = in_process_us(model, 5000)
+        app_us = in_process_us(model, args.in_process_count, workload)
     print_report(rows, args.clients)
     print(f"in-process: {app_us:.0f} µs per 1-record /predict (the WSGI app called directly)")
     if args.json:

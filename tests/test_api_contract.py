@@ -33,7 +33,7 @@ from devstack.process import free_port
 from gateway.lineprotocol import encode_point
 from model.scorer import load_scorer
 from tests.conftest import TEST_DB
-from tests.helpers import ROOT, unique
+from tests.helpers import ROOT, train_model, unique
 
 NORMAL = {"temperature_c": 62.0, "humidity_pct": 44.0, "sound_db": 76.0}
 ANOMALOUS = {"temperature_c": 95.0, "humidity_pct": 12.0, "sound_db": 104.0}
@@ -48,6 +48,15 @@ def _cfg(models_dir: Path, **changes) -> ApiConfig:
         influx=InfluxQueryConfig(url=f"http://127.0.0.1:{free_port()}", timeout_s=1.0),
     )
     return dataclasses.replace(base, **changes)
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory, sim_csv) -> Path:
+    """A plain (per-reading) model: this file pins the answers of models without
+    per-device state; tests/test_api_series.py covers the stateful default."""
+    models = tmp_path_factory.mktemp("contract-models")
+    train_model(sim_csv, models, "--detector", "isolation_forest")
+    return models
 
 
 @pytest.fixture(scope="module")

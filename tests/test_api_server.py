@@ -374,9 +374,11 @@ def test_broken_new_model_keeps_the_old_one_serving(start_api, private_models):
     models, v1, v2 = private_models
     server = start_api(models, "[model]\ncheck_interval_s = 0.2\n")
     _wait_for_workers(server)
-    # Broken whichever way it is loaded: the compiled arrays and the pickled pipeline.
+    # Broken whichever way it is loaded: the compiled arrays, the pickled pipeline, and
+    # the metadata (all a time-aware model reads).
     (models / v2 / "model.joblib").write_bytes(b"not a pickle")
     (models / v2 / "compiled.npz").write_bytes(b"not an npz")
+    (models / v2 / "metadata.json").write_bytes(b"not json")
     link = models / "current"
     tmp_link = models / ".current-test"
     os.symlink(v2, tmp_link)
