@@ -30,8 +30,15 @@ from model.cli_support import (
     write_atomic_text,
 )
 from model.dataset import canonical_feature, default_features
-from model.detectors import DETECTORS
-from model.retrain import RetrainError, RetrainReport, RetrainRequest, run_retrain
+from model.detectors import ALL_DETECTORS
+from model.retrain import (
+    ModelFigures,
+    RetrainError,
+    RetrainReport,
+    RetrainRequest,
+    Tolerances,
+    run_retrain,
+)
 from model.scorer import load_scorer
 
 _LOG = logging.getLogger(__name__)
@@ -51,6 +58,11 @@ def _retrain_request(args: argparse.Namespace) -> RetrainRequest:
     if since >= until:
         raise RetrainError("--since must be before --until")
     features = tuple(canonical_feature(f) for f in args.features) if args.features else None
+    tolerances = Tolerances(
+        false_alerts_per_machine_day=settings.false_alerts_tolerance,
+        recall=settings.recall_tolerance,
+    )
+    gateway_config = args.gateway_config
     return RetrainRequest(
         models_dir=models_dir_of(args),
         since_ns=since,
@@ -58,7 +70,7 @@ def _retrain_request(args: argparse.Namespace) -> RetrainRequest:
         settings=settings,
         detector=args.detector,
         default_detector=cfg.train.detector,
-        detector_settings={d: cfg.train.detector_params(d) for d in DETECTORS},
+        detector_settings={d: cfg.train.detector_params(d) for d in ALL_DETECTORS},
         params=dict(args.param),
         features=features,
         default_features=tuple(cfg.train.features) or tuple(default_features()),
@@ -70,11 +82,27 @@ def _retrain_request(args: argparse.Namespace) -> RetrainRequest:
         labelled_csv=args.labelled_csv,
         label_column=args.label_column,
         fault_column=args.fault_column,
+        gateway_config=gateway_config,
+        tolerances=tolerances,
     )
 
 
 def _iso_ns(ts_ns: int) -> str:
     return datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).isoformat(timespec="seconds")[:19] + "Z"
+
+
+def _count(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _recall_cell(stats: dict | None) -> str:
+    if not stats or not stats.get("episodes"):
+        return "-"
+    return f"{stats['detected']}/{stats['episodes']} ({format_value(stats['recall'], 3)})"
+
+
+def _per_fault(m: ModelFigures) -> dict:
+    return (m.labelled or {}).get("per_fault", {})
 
 
 def format_retrain(report: RetrainReport) -> list[str]:
@@ -84,57 +112,111 @@ def format_retrain(report: RetrainReport) -> list[str]:
         where += f", line {h['line']}"
     if h["device_regex"]:
         where += f", devices /{h['device_regex']}/"
+    if h["exclusion"] == "labelled":
+        how = f"all of them in time order, {h['train_labelled_anomalous']} labelled anomalous"
+    else:
+        how = (
+            f"clean ones only; also left out: {h['window_touched']} with an excluded reading "
+            f"in their window, {h['warmup']} warm-up"
+        )
+    cand = report.candidate
     lines = [
         f"history    {_iso_ns(h['since_ns'])} .. {_iso_ns(h['until_ns'])}, {where}",
-        f"           {h['readings']} readings from {h['devices']} devices; excluded: "
-        f"{h['anomalous']} flagged anomalous, {h['near_sensor_fault_only']} more near sensor "
-        f"faults (+-{h['fault_margin_s']:g} s), {h['window_touched']} with an excluded "
-        f"reading in their window, {h['warmup']} warm-up",
-        f"           trained on {h['train']} readings before {_iso_ns(h['holdout_from_ns'])}, "
-        f"held out {h['holdout']} from then on",
+        f"           {h['readings']} readings from {h['devices']} devices: {h['anomalous']} "
+        f"flagged anomalous, {h['near_sensor_fault_only']} more near sensor faults "
+        f"(+-{h['fault_margin_s']:g} s)",
+        f"           trained on {h['train']} readings before {_iso_ns(h['holdout_from_ns'])} "
+        f"({how})",
+        f"           held out {h['holdout']} readings from then on "
+        f"({format_value(cand.backtest['machine_days'], 3)} machine-days); replayed from "
+        f"{h['replay_context_readings']} readings per device earlier",
         "",
     ]
     models = [m for m in (report.active, report.candidate) if m is not None]
     names = ["active", "candidate"] if report.active else ["candidate"]
     width = max(26, *(len(m.version) + 2 for m in models))
+
+    def backtest(key: str, digits: int | None = None) -> list[str]:
+        if digits is None:
+            return [_count(m.backtest.get(key)) for m in models]
+        return [format_value(m.backtest.get(key), digits) for m in models]
+
     rows: list[tuple[str, list[str]]] = [
         ("", names),
         ("version", [m.version for m in models]),
         ("detector", [m.detector for m in models]),
         ("threshold", [f"{m.threshold:.4f}" for m in models]),
+        (f"backtest, held-out history ({h['gateway_config']} rules)", []),
+        ("  process-anomaly alerts", backtest("alerts")),
+        ("  false alerts", backtest("false_alerts")),
+        ("  false alerts per machine-day", backtest("false_alerts_per_machine_day", 2)),
         (
-            "held-out false-alarm rate",
-            [format_value(m.holdout["false_alarm_rate"], 4) for m in models],
+            "  sensor-fault periods alerted",
+            [
+                f"{m.backtest['sensor_fault_episodes_alerted']} of "
+                f"{m.backtest['sensor_fault_episodes']}"
+                for m in models
+            ],
         ),
-        ("held-out flap rate", [format_value(m.holdout["flap_rate"], 4) for m in models]),
-        (
-            "held-out mean |score change|",
-            [format_value(m.holdout["mean_abs_score_change"], 4) for m in models],
-        ),
-        ("held-out score p99", [format_value(m.holdout["score_p99"], 4) for m in models]),
+        ("  unscored (warm-up)", backtest("unscored")),
+        ("side figures, clean held-out readings", []),
+        ("  alert rate", [format_value(m.holdout.get("false_alarm_rate"), 4) for m in models]),
+        ("  flap rate", [format_value(m.holdout.get("flap_rate"), 4) for m in models]),
+        ("  score p99", [format_value(m.holdout.get("score_p99"), 4) for m in models]),
     ]
-    if report.candidate.labelled is not None:
-        for key, label in (
-            ("precision", "labelled precision"),
-            ("recall", "labelled recall"),
-            ("f1", "labelled F1"),
-            ("false_alarm_rate", "labelled false-alarm rate"),
-        ):
-            rows.append((label, [format_value((m.labelled or {}).get(key), 4) for m in models]))
+    if cand.labelled is not None:
+        rows.append((f"backtest, labelled CSV ({cand.labelled['rows']} readings)", []))
+        kinds = sorted({k for m in models for k in _per_fault(m)})
+        for kind in kinds:
+            rows.append(
+                (
+                    f"  episode recall: {kind}",
+                    [
+                        _recall_cell((m.labelled or {}).get("per_fault", {}).get(kind))
+                        for m in models
+                    ],
+                )
+            )
+        rows.append(
+            (
+                "  false alerts per machine-day",
+                [format_value((m.labelled or {}).get("false_alerts_per_machine_day"), 2)
+                 for m in models],
+            )
+        )  # fmt: skip
+        rows.append(
+            (
+                "  pointwise precision/recall/F1",
+                [
+                    "/".join(
+                        format_value(((m.labelled or {}).get("pointwise") or {}).get(k), 3)
+                        for k in ("precision", "recall", "f1")
+                    )
+                    for m in models
+                ],
+            )
+        )
+    label_width = max(32, *(len(label) + 2 for label, cells in rows if cells))
     for label, cells in rows:
-        lines.append((f"{label:<30}" + "".join(f"{c:<{width}}" for c in cells)).rstrip())
+        lines.append((f"{label:<{label_width}}" + "".join(f"{c:<{width}}" for c in cells)).rstrip())
     lines.append("")
     lines.append('"not worse" checks:')
     for check in report.checks:
         mark = "ok  " if check["ok"] else "FAIL"
-        if check["rule"]:
+        if "detected" in check:  # episode recall: the counts say more than the ratio
+            (c_hit, a_hit), n = check["detected"], check["episodes"]
             lines.append(
-                f"  [{mark}] {check['check']}: candidate {format_value(check['candidate'], 4)}, "
-                f"active {format_value(check['active'], 4)} ({check['rule']})"
+                f"  [{mark}] {check['check']}: candidate {c_hit}/{n}, active {a_hit}/{n} "
+                f"({check['rule']})"
+            )
+        elif check["rule"]:
+            lines.append(
+                f"  [{mark}] {check['check']}: candidate {format_value(check['candidate'], 3)}, "
+                f"active {format_value(check['active'], 3)} ({check['rule']})"
             )
         else:
             lines.append(f"  [{mark}] {check['check']}")
-    candidate = report.candidate.version
+    candidate = cand.version
     if report.promoted and report.forced:
         lines.append(f"decision: promoted {candidate} by --force although it is worse")
     elif report.promoted:

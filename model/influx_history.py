@@ -167,7 +167,11 @@ class _DeviceParts:
 
 @dataclass(frozen=True, eq=False)
 class History:
-    """Readings grouped by device, time-ordered within each device."""
+    """Readings grouped by device, time-ordered within each device.
+
+    Keys are ``"line/device"``; :meth:`time_order` and :meth:`line_device` give what a
+    replay through the gateway's detection needs (all devices in one time order).
+    """
 
     keys: np.ndarray  # (n,) "line/device"
     ts_ns: np.ndarray  # (n,) int64
@@ -179,6 +183,15 @@ class History:
 
     def __len__(self) -> int:
         return int(self.ts_ns.shape[0])
+
+    def time_order(self) -> np.ndarray:
+        """Row indices of all devices merged in time order (ties: by device)."""
+        return np.lexsort((self.keys, self.ts_ns))
+
+    def line_device(self) -> tuple[np.ndarray, np.ndarray]:
+        """(line, device) per row, from the keys (MQTT topic levels hold no ``/``)."""
+        parts = np.char.partition(self.keys.astype(str), "/")
+        return parts[:, 0].astype(object), parts[:, 2].astype(object)
 
 
 def _truthy(value: object) -> bool:
@@ -289,10 +302,20 @@ def _fault_key(series: dict[str, Any]) -> tuple[str, str]:
     return _device_key(series), str((series.get("tags") or {}).get("kind", ""))
 
 
-def read_fault_intervals(
+@dataclass(frozen=True)
+class FaultPeriod:
+    """One sensor-fault period of one device, as the gateway recorded it."""
+
+    device: str  # "line/device"
+    kind: str  # stuck, impossible_jump, dropout, ...
+    start_ns: int
+    end_ns: int
+
+
+def read_fault_periods(
     client: InfluxV1, flt: HistoryFilter, margin_s: float, window_s: float = 6 * 3600.0
-) -> dict[str, np.ndarray]:
-    """Sensor-fault periods per device key: int64 array (m, 2) of [start, end] ns.
+) -> list[FaultPeriod]:
+    """Sensor-fault periods with their kind, sorted by device and start.
 
     The gateway writes ``active=1`` when a fault starts and ``active=0`` when it
     clears, per (device, kind).  A period runs from an active point to the next
@@ -312,7 +335,7 @@ def read_fault_intervals(
         values = series.get("values") or []
         if values and _truthy(values[-1][1]):
             state[_fault_key(series)] = lo
-    periods: dict[str, list[tuple[int, int]]] = {}
+    periods: list[FaultPeriod] = []
     step = max(int(window_s * NS), 1)
     while lo < end:
         hi = min(lo + step, end)
@@ -330,18 +353,32 @@ def read_fault_intervals(
                     if opened is None:
                         state[key] = t
                     else:  # repeated active point: the period goes on; record up to here
-                        periods.setdefault(key[0], []).append((opened, t))
+                        periods.append(FaultPeriod(*key, opened, t))
                 elif opened is not None:
-                    periods.setdefault(key[0], []).append((opened, t))
+                    periods.append(FaultPeriod(*key, opened, t))
                     state[key] = None
         lo = hi
     for key, opened in state.items():
         if opened is not None:
-            periods.setdefault(key[0], []).append((opened, end))
+            periods.append(FaultPeriod(*key, opened, end))
+    return sorted(periods, key=lambda p: (p.device, p.start_ns, p.end_ns, p.kind))
+
+
+def fault_intervals(periods: Sequence[FaultPeriod]) -> dict[str, np.ndarray]:
+    """Per device key: int64 array (m, 2) of [start, end] ns, kinds merged."""
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for p in periods:
+        spans.setdefault(p.device, []).append((p.start_ns, p.end_ns))
     return {
-        device: np.array(sorted(spans), dtype=np.int64).reshape(-1, 2)
-        for device, spans in periods.items()
+        device: np.array(sorted(s), dtype=np.int64).reshape(-1, 2) for device, s in spans.items()
     }
+
+
+def read_fault_intervals(
+    client: InfluxV1, flt: HistoryFilter, margin_s: float, window_s: float = 6 * 3600.0
+) -> dict[str, np.ndarray]:
+    """Sensor-fault periods per device key (:func:`read_fault_periods`, kinds merged)."""
+    return fault_intervals(read_fault_periods(client, flt, margin_s, window_s))
 
 
 def near_faults(
