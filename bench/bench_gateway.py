@@ -4,12 +4,24 @@
     python -m bench.bench_gateway --quick     # ~1 min: 10 s scenarios, 100 000 backlog
     python -m bench.bench_gateway --profile   # also py-spy the gateway during (1)
     python -m bench.bench_gateway --profile gil   # ... only samples holding the GIL
+    python -m bench.bench_gateway --detector isolation_forest   # another detector
+    python -m bench.bench_gateway --compare-models             # old vs new default, one run
+    python -m bench.bench_gateway --compare-models old=var/m/current,new=dynamics
 
 Starts its own Mosquitto and InfluxDB 1.x (free ports, a temporary directory), trains
-the default model into ``var/bench/models`` unless one is there (or ``--model``), and
-runs ``python -m gateway`` with ``config/gateway.toml`` plus the bench's overrides
-(ports, paths, ``[alerts] fire_after = resolve_after = 1``; more with ``--set``).
+the model into ``var/bench/models/<detector>`` unless one is there (``--detector``,
+default the model CLI's default, ``dynamics``; or ``--model PATH``), and runs
+``python -m gateway`` with ``config/gateway.toml`` plus the bench's overrides (ports,
+paths, ``[alerts] fire_after = resolve_after = 1``; more with ``--set``).
 Load comes from ``bench.loadgen`` publisher processes, QoS 1, 200 devices on 10 lines.
+
+``--compare-models [SPEC]`` runs the gateway scenarios (1-3) once per model in the same
+invocation, each on a fresh broker, InfluxDB and gateway, one model after the other,
+and prints them side by side.  SPEC is a comma list of ``LABEL=MODEL`` or ``MODEL``,
+where MODEL is a detector name (trained or reused as above) or a model path; without
+SPEC: ``isolation_forest,dynamics`` (the old and the new default).  The naive
+per-message gateway (4) and the decode comparison (5) do not depend on the gateway's
+model: they run once, in the first model's run.
 
 Scenarios:
  1. throughput: publish at 12 000 readings/s (``--rate``; 0 = as fast as the broker
@@ -22,8 +34,22 @@ Scenarios:
     session, then started: drain rate and max RSS while draining.
  4. naive: ``bench.naive_gateway`` (one sklearn call + one HTTP write per message)
     fed at ``--naive-rate`` for ``--naive-duration`` s; readings/s it stored, and the
-    ratio to (1).
+    ratio to (1).  It scores with an isolation_forest model (the run's own if it is
+    one, else ``var/bench/models/isolation_forest``): the pattern needs sklearn.
  5. decode: ``bench.decode_bench`` (json vs orjson vs msgspec).
+
+Probe check: before starting, the latency probe's exact sequence (per probe device,
+anomalous and normal readings alternating, as many as the scenario sends) is scored
+through the model's own per-device inputs (``scorer.new_inputs()``), as the gateway
+will: every anomalous reading must reach the alert threshold and every normal one
+resolve it, during a device's warm-up and after it.  A model that fails this would
+leave the latency figures without alerts, so the run stops instead.
+
+Model state: the model's per-device memory, measured in this process by feeding a few
+readings to each of the bench's devices through ``scorer.new_inputs()`` (tracemalloc:
+arrays and per-device bookkeeping; for the time-aware detector also
+``DeviceBank.memory_bytes()``), and the bound that implies at the inputs' device cap.
+The gateway's own RSS is measured during the throughput scenario as before.
 
 Prints a table and writes everything to ``var/bench/gateway-<timestamp>.json``.
 CPU % is of one core (this machine has ``os.cpu_count()`` of them); ``other`` is CPU
@@ -33,8 +59,10 @@ used by processes that are not part of the benchmark (shared machine).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import math
 import os
 import platform
 import shutil
@@ -44,12 +72,14 @@ import tempfile
 import threading
 import time
 import tomllib
+import tracemalloc
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import orjson
 import paho.mqtt.client as mqtt
 import urllib3
@@ -59,7 +89,7 @@ from paho.mqtt.properties import Properties
 
 from bench import decode_bench
 from bench.gateway_report import add_efficiency, brief, format_report
-from bench.loadgen import LoadGenerator, LoadResult, LoadSpec
+from bench.loadgen import LoadGenerator, LoadResult, LoadSpec, device_table
 from bench.naive_gateway import READY_MESSAGE
 from bench.probe import LatencyProbe, ProbeSpec
 from bench.profile import Profiler
@@ -75,6 +105,13 @@ DB = "bench"
 NAIVE_DB = "bench_naive"
 GATEWAY_ID = "bench-gw"
 ANOMALOUS = {"temperature_c": 140.0, "humidity_pct": 5.0, "sound_db": 150.0}
+PROBE_DEVICES = 4
+# What ``model train`` trains without --detector, and the detector of the naive gateway.
+DEFAULT_DETECTOR = "dynamics"
+NAIVE_DETECTOR = "isolation_forest"
+COMPARE_DEFAULT = "isolation_forest,dynamics"
+# Readings fed to each device when measuring the model's per-device state.
+STATE_READINGS = 10
 _http = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(connect=1.0, read=10.0))
 
 
@@ -353,6 +390,8 @@ class Stack:
     model: Path
     # The probe's normal reading (the model's training means).
     probe_normal: dict[str, float]
+    # The naive gateway's model (an isolation_forest: it needs sklearn's score_samples).
+    naive_model: Path | None = None
     load_pids: list[int] = field(default_factory=list)
     naive: ManagedProcess | None = None
     profiler: Profiler | None = None
@@ -435,6 +474,7 @@ def scenario_latency(st: Stack) -> dict:
             normal=st.probe_normal,
             rate=s.probe_rate,
             line="lat-probe",
+            devices=PROBE_DEVICES,
         )
     ).start()
     st.load_pids = [probe.pid] if probe.pid else []
@@ -486,7 +526,8 @@ def scenario_naive(st: Stack) -> dict:
     drop_session(st.mosquitto.port, f"gateway-{GATEWAY_ID}")
     log_path = st.workdir / "naive.log"
     conn = f"--port {st.mosquitto.port} --influx-url {st.influx.url} --database {NAIVE_DB}"
-    naive_args = [*conn.split(), "--model", str(st.model)]
+    naive_model = st.naive_model or st.model
+    naive_args = [*conn.split(), "--model", str(naive_model)]
     st.naive = ManagedProcess(
         "naive-gateway",
         [sys.executable, "-m", "bench.naive_gateway", *naive_args],
@@ -501,6 +542,7 @@ def scenario_naive(st: Stack) -> dict:
     st.naive.stop()
     st.naive = None
     return {
+        "model": str(naive_model),
         "offered_rate": s.naive_rate,
         "published": load.acked,
         "stored_in_window": stored,
@@ -523,46 +565,219 @@ RUNNERS = {
 # --- the run ----------------------------------------------------------------------------------
 
 
-def ensure_model(model: Path | None, models_dir: Path, retrain: bool) -> Path:
+def ensure_model(
+    model: Path | None, models_dir: Path, retrain: bool, detector: str | None = None
+) -> Path:
+    """``model`` if given, else ``models_dir/<detector>/current``, trained with the real
+    CLI on simulator data unless it is there already (or ``retrain``)."""
     if model is not None:
         return model
-    if (models_dir / "current").exists() and not retrain:
-        return models_dir / "current"
-    log.info("training the default model into %s", models_dir)
+    detector = detector or DEFAULT_DETECTOR
+    target = models_dir / detector
+    if (target / "current").exists() and not retrain:
+        return target / "current"
+    log.info("training a %s model into %s", detector, target)
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "sim.csv"
         for argv in (
             ["sensors.simulate", "--csv", str(data), "--lines", "2", "--devices", "3",
              "--interval", "1", "--duration", "3600", "--seed", "7", "--faults", "all"],
-            ["model", "train", "--csv", str(data), "--models-dir", str(models_dir),
+            ["model", "train", "--csv", str(data), "--models-dir", str(target),
              "--label-column", "is_anomaly", "--fault-column", "fault",
-             "--timestamp-column", "ts"],
+             "--timestamp-column", "ts", "--detector", detector],
         ):  # fmt: skip
             subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, check=True, capture_output=True)
-    return models_dir / "current"
+    return target / "current"
 
 
-def probe_values(model: Path, alerts: dict) -> tuple[dict[str, float], dict]:
-    """A reading the model calls normal (the training means), checked against the
-    gateway's alert thresholds together with the anomalous one."""
+def parse_models(text: str) -> list[tuple[str, str]]:
+    """``LABEL=MODEL,...`` or ``MODEL,...`` (MODEL: a detector name or a model path)."""
+    out: list[tuple[str, str]] = []
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        label, sep, value = item.partition("=")
+        label, value = (label.strip(), value.strip()) if sep else (item, item)
+        if not label or not value:
+            raise argparse.ArgumentTypeError(f"expected LABEL=MODEL, got {item!r}")
+        out.append((label, value))
+    labels = [label for label, _ in out]
+    if len(set(labels)) != len(labels):
+        raise argparse.ArgumentTypeError(f"model labels must differ, got {labels}")
+    if not out:
+        raise argparse.ArgumentTypeError("no models given")
+    return out
+
+
+def resolve_models(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """(label, model path) per model to run; detectors are trained or reused."""
+    from model.detectors import ALL_DETECTORS
+
+    if not args.compare_models:
+        model = ensure_model(args.model, args.models_dir, args.retrain, args.detector)
+        return [(args.detector or (DEFAULT_DETECTOR if args.model is None else "model"), model)]
+    out = []
+    for label, value in args.compare_models:
+        if value in ALL_DETECTORS:
+            out.append((label, ensure_model(None, args.models_dir, args.retrain, value)))
+        elif Path(value).exists():
+            out.append((label, Path(value)))
+        else:
+            raise SystemExit(f"{value!r} is neither a detector ({ALL_DETECTORS}) nor a model path")
+    return out
+
+
+def naive_model_for(models: list[Path], args: argparse.Namespace) -> Path:
+    """An isolation_forest model for the naive gateway: one of the run's, else trained."""
+    from model.artifact import read_metadata, resolve
+
+    for model in models:
+        if read_metadata(resolve(model)).get("detector") == NAIVE_DETECTOR:
+            return model
+    # Not --retrain: the naive baseline does not need a fresh model every time.
+    return ensure_model(None, args.models_dir, False, NAIVE_DETECTOR)
+
+
+def probe_readings_per_device(settings: BenchSettings) -> int:
+    """How many readings the latency probe sends to its busiest device."""
+    total = math.ceil(settings.latency_duration_s * settings.probe_rate)
+    return max(math.ceil(total / PROBE_DEVICES), 1)
+
+
+def replay_probe(
+    scorer, normal: dict[str, float], readings: int, rate: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Scores of one probe device's readings (anomalous at even seq, normal at odd),
+    fed one at a time through the model's per-device inputs as the gateway does; NaN
+    where the model gives no score.  Returns (anomalous scores, normal scores)."""
+    inputs = scorer.new_inputs()
+    fields = scorer.raw_fields
+    rows = {
+        "anomalous": np.array([[ANOMALOUS[f] for f in fields]]),
+        "normal": np.array([[normal[f] for f in fields]]),
+    }
+    step_ns = int(PROBE_DEVICES / max(rate, 1e-9) * 1e9)
+    start_ns = time.time_ns()
+    scores = np.full(readings, np.nan)
+    key = [("lat-probe", "lat-probe-p00")]
+    for seq in range(readings):
+        values = rows["anomalous" if seq % 2 == 0 else "normal"]
+        batch = inputs.build(key, np.array([start_ns + seq * step_ns]), values)
+        if batch.index.size:
+            scores[seq] = float(scorer.score(batch.X)[0])
+    return scores[0::2], scores[1::2]
+
+
+def probe_values(
+    model: Path, alerts: dict, readings: int = 2, rate: float = 10.0
+) -> tuple[dict[str, float], dict]:
+    """A reading the model calls normal (the training means of its reading fields),
+    checked with the anomalous one against the gateway's alert thresholds over the
+    probe's whole sequence of ``readings`` per device (see :func:`replay_probe`): for a
+    model with per-device state a reading's score depends on the ones before it."""
     from model.scorer import load_scorer
 
     scorer = load_scorer(model)
-    if set(scorer.features) != set(ANOMALOUS):
-        raise SystemExit(f"the probe needs a model on {sorted(ANOMALOUS)}, not {scorer.features}")
+    fields = scorer.raw_fields
+    if set(fields) != set(ANOMALOUS):
+        raise SystemExit(f"the probe needs a model on {sorted(ANOMALOUS)}, not {list(fields)}")
     stats = scorer.metadata["feature_stats"]
-    normal = {f: round(float(stats[f]["mean"]), 3) for f in scorer.features}
-    rows = [[values[f] for f in scorer.features] for values in (normal, ANOMALOUS)]
-    low, high = (float(v) for v in scorer.score(rows))
+    missing = [f for f in fields if f not in stats]
+    if missing:
+        raise SystemExit(f"model {scorer.version} has no training means of {missing}")
+    normal = {f: round(float(stats[f]["mean"]), 3) for f in fields}
+    high, low = replay_probe(scorer, normal, readings, rate)
     # Alert hysteresis (gateway.alerts): fires at enter, resolves below enter * exit_ratio.
     enter = float(alerts.get("enter_score") or scorer.threshold)
     exit_ = enter * float(alerts.get("exit_ratio", 1.0))
-    if not (low < exit_ and high >= enter):
+    fires = np.nan_to_num(high, nan=-np.inf) >= enter
+    resolves = np.nan_to_num(low, nan=np.inf) < exit_
+    if not (fires.all() and resolves.all()):
+        bad_a = np.flatnonzero(~fires)
+        bad_n = np.flatnonzero(~resolves)
+        first = min([2 * i for i in bad_a[:1]] + [2 * i + 1 for i in bad_n[:1]])
         raise SystemExit(
-            f"model {scorer.version} does not separate the probe readings "
-            f"(normal {low:.3f} must be < {exit_:.3f}, anomalous {high:.3f} >= {enter:.3f})"
+            f"model {scorer.version} ({scorer.detector}) does not separate the probe "
+            f"readings over the probe's {readings} readings per device: normal must score "
+            f"< {exit_:.3f} (max {np.nanmax(low, initial=np.nan):.3f}, {bad_n.size} fail), "
+            f"anomalous >= {enter:.3f} (min {np.nanmin(high, initial=np.nan):.3f}, "
+            f"{bad_a.size} fail); first failure at seq {first}"
         )
-    return normal, {"version": scorer.version, "threshold": scorer.threshold}
+    info = {
+        "version": scorer.version,
+        "detector": scorer.detector,
+        "threshold": scorer.threshold,
+        "stateful": scorer.stateful,
+        "probe_check": {
+            "readings_per_device": readings,
+            "anomalous_min": round(float(high.min()), 4),
+            "normal_max": round(float(low.max()), 4) if low.size else None,
+            "enter": enter,
+            "exit": exit_,
+        },
+    }
+    return normal, info
+
+
+def model_state(
+    model: Path, devices: int, lines: int, normal: dict[str, float], readings: int = STATE_READINGS
+) -> dict:
+    """The model's per-device memory on the bench's throughput devices: ``readings``
+    readings fed to each through ``scorer.new_inputs()``, one batch per round (as the
+    gateway's batches hold one or a few readings per device), memory traced."""
+    from model.inputs import MAX_DEVICES, BankInputs, WindowInputs
+    from model.scorer import load_scorer
+
+    scorer = load_scorer(model)
+    spec = LoadSpec("-", 0, count=1, lines=lines, devices=devices, processes=1, line_prefix="tp")
+    keys = device_table(spec, 0)
+    base = np.array([normal[f] for f in scorer.raw_fields])
+    rng = np.random.default_rng(0)
+    start_ns = time.time_ns()
+    tracing = tracemalloc.is_tracing()
+    if not tracing:
+        tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        inputs = scorer.new_inputs()
+        for r in range(readings):
+            values = base + rng.normal(0.0, 0.01, (len(keys), base.size))
+            inputs.build(keys, np.full(len(keys), start_ns + r * 1_000_000_000), values)
+        traced = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        if not tracing:
+            tracemalloc.stop()
+    out: dict = {
+        "inputs": type(inputs).__name__,
+        "devices": len(keys),
+        "readings_per_device": readings,
+        "traced_bytes": traced,
+        "bytes_per_device": round(traced / len(keys), 1),
+        "max_devices": 0,
+    }
+    if isinstance(inputs, BankInputs):
+        bank = inputs.bank
+        arrays = bank.memory_bytes()
+        # Arrays grow by doubling up to max_devices slots: what one slot costs.
+        slots = getattr(getattr(bank, "_st", None), "size", 0) or bank.devices
+        out.update(
+            bank_devices=bank.devices,
+            bank_array_bytes=arrays,
+            bank_bytes_per_slot=round(arrays / slots, 1),
+            max_devices=bank.params.max_devices,
+        )
+        # At the cap: every slot in use (no doubling slack), plus the per-device
+        # bookkeeping outside the arrays (key -> slot and last-seen dicts, the keys).
+        other = max(traced - arrays, 0) / len(keys)
+        out["bound_mb"] = round(bank.params.max_devices * (arrays / slots + other) / 1e6, 1)
+    elif isinstance(inputs, WindowInputs):
+        out["max_devices"] = MAX_DEVICES
+        out["bound_mb"] = round(MAX_DEVICES * out["bytes_per_device"] / 1e6, 1)
+    else:
+        # Each reading stands alone: nothing is kept per device (what tracemalloc saw
+        # is the harness's own, e.g. numpy's caches).
+        out.update(bytes_per_device=0.0, bound_mb=0.0)
+    return out
 
 
 def machine_info() -> dict:
@@ -595,14 +810,36 @@ def loadavg() -> list[float]:
         return [float(v) for v in fh.read().split()[:3]]
 
 
-def run(settings: BenchSettings, args: argparse.Namespace, workdir: Path) -> dict:
-    model = ensure_model(args.model, args.models_dir, args.retrain)
+def check_model(
+    model: Path, settings: BenchSettings, args: argparse.Namespace
+) -> tuple[dict[str, float], dict]:
+    """(probe normal values, model info incl. the probe check and per-device state)."""
+    cfg = gateway_config(args.gateway_config, Path("."), model, 0, args.set)
+    normal, info = probe_values(
+        model,
+        cfg.get("alerts", {}),
+        probe_readings_per_device(settings),
+        settings.probe_rate,
+    )
+    info["state"] = model_state(model, settings.devices, settings.lines, normal)
+    return normal, info
+
+
+def run_model(
+    settings: BenchSettings,
+    args: argparse.Namespace,
+    workdir: Path,
+    model: Path,
+    checked: tuple[dict[str, float], dict],
+    naive_model: Path | None,
+) -> dict:
+    """The scenarios of ``settings`` against one model, on a stack of their own."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    normal, model_info = checked
     metrics_port = free_port()
     cfg = gateway_config(args.gateway_config, workdir, model, metrics_port, args.set)
-    normal, model_info = probe_values(model, cfg.get("alerts", {}))
     result: dict = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine_info(),
         "loadavg_before": loadavg(),
         "settings": settings.__dict__,
         "broker_nodelay": args.broker_nodelay,
@@ -643,7 +880,9 @@ def run(settings: BenchSettings, args: argparse.Namespace, workdir: Path) -> dic
                 "py-spy": lambda: stack.profiler.pid() if stack.profiler else [],
             }
         )
-        stack = Stack(settings, workdir, mosq, influx, watch, gateway, sampler, model, normal)
+        stack = Stack(
+            settings, workdir, mosq, influx, watch, gateway, sampler, model, normal, naive_model
+        )
         sampler.start()
         stack_started.append(sampler)
         if {"throughput", "latency", "backlog"} & set(settings.scenarios):
@@ -663,15 +902,58 @@ def run(settings: BenchSettings, args: argparse.Namespace, workdir: Path) -> dic
     if "decode" in settings.scenarios:
         log.info("scenario decode")
         result["scenarios"]["decode"] = decode_bench.run(settings.decode_messages)
-    tp, nv = result["scenarios"].get("throughput"), result["scenarios"].get("naive")
     for s in result["scenarios"].values():
         add_efficiency(s)
+    add_naive_ratios(result, result["scenarios"].get("naive"))
+    result["loadavg_after"] = loadavg()
+    return result
+
+
+def add_naive_ratios(result: dict, nv: dict | None) -> None:
+    tp = result["scenarios"].get("throughput")
     if tp and nv and nv["rate"] > 0:
         result["naive_ratio"] = round(tp["sustained_rate"] / nv["rate"], 1)
         if tp.get("readings_per_cpu_s") and nv.get("readings_per_cpu_s"):
             result["naive_cpu_ratio"] = round(
                 tp["readings_per_cpu_s"] / nv["readings_per_cpu_s"], 1
             )
+
+
+def run(settings: BenchSettings, args: argparse.Namespace, workdir: Path) -> dict:
+    """One model (the result as before), or with ``--compare-models`` one run per
+    model under ``runs``; the naive and decode scenarios only in the first run."""
+    models = resolve_models(args)
+    naive_model = None
+    if "naive" in settings.scenarios:
+        naive_model = naive_model_for([m for _, m in models], args)
+    # Every model must pass the probe check before anything runs.
+    checked = [check_model(model, settings, args) for _, model in models]
+    if not args.compare_models:
+        result = run_model(settings, args, workdir, models[0][1], checked[0], naive_model)
+        return {"machine": machine_info(), **result}
+    result: dict = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "loadavg_before": loadavg(),
+        "settings": settings.__dict__,
+        "runs": {},
+    }
+    once = ("naive", "decode")
+    for i, (label, model) in enumerate(models):
+        scenarios = tuple(n for n in settings.scenarios if i == 0 or n not in once)
+        log.info("model %s: %s (%s)", label, model, ",".join(scenarios))
+        run_settings = dataclasses.replace(settings, scenarios=scenarios)
+        result["runs"][label] = run_model(
+            run_settings,
+            args,
+            workdir / label,
+            model,
+            checked[i],
+            naive_model if i == 0 else None,
+        )
+    first = next(iter(result["runs"].values()))["scenarios"]
+    for run_result in list(result["runs"].values())[1:]:
+        add_naive_ratios(run_result, first.get("naive"))
     result["loadavg_after"] = loadavg()
     return result
 
@@ -688,6 +970,8 @@ def build_settings(args: argparse.Namespace) -> BenchSettings:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from model.detectors import ALL_DETECTORS
+
     parser = argparse.ArgumentParser(
         prog="python -m bench.bench_gateway",
         description=__doc__.split("\n\n")[0],
@@ -722,6 +1006,19 @@ def main(argv: list[str] | None = None) -> int:
         help="py-spy the gateway during (1): running threads, or only the GIL holder",
     )
     parser.add_argument("--model", type=Path, help="model to use (default: train/reuse)")
+    parser.add_argument(
+        "--detector",
+        choices=sorted(ALL_DETECTORS),
+        help=f"detector to train/reuse without --model [{DEFAULT_DETECTOR}]",
+    )
+    parser.add_argument(
+        "--compare-models",
+        nargs="?",
+        const=parse_models(COMPARE_DEFAULT),
+        type=parse_models,
+        metavar="LABEL=MODEL,...",
+        help=f"run (1)-(3) once per model (detector name or path) and compare [{COMPARE_DEFAULT}]",
+    )
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "bench" / "models")
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--gateway-config", type=Path, default=ROOT / "config" / "gateway.toml")
@@ -746,6 +1043,10 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(settings.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s): {sorted(unknown)}")
+    if args.compare_models and (args.model or args.detector):
+        parser.error("--compare-models names its models: drop --model/--detector")
+    if args.detector and args.model:
+        parser.error("give --model or --detector, not both")
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     try:
@@ -758,16 +1059,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    raw_profile = workdir / "profile.txt"
-    if raw_profile.exists():  # collapsed stacks, e.g. for flamegraph.pl or speedscope
-        shutil.copyfile(raw_profile, output.with_suffix(".pyspy.txt"))
+    runs = result.get("runs") or {"": result}
+    for label, _ in runs.items():
+        raw_profile = workdir / label / "profile.txt"
+        if raw_profile.exists():  # collapsed stacks, e.g. for flamegraph.pl or speedscope
+            suffix = f".{label}.pyspy.txt" if label else ".pyspy.txt"
+            shutil.copyfile(raw_profile, output.with_suffix(suffix))
     if args.keep:
         log.info("work dir kept: %s", workdir)
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     print(format_report(result))
     print(f"\nresults: {output}")
-    losses = [s.get("loss") for s in result["scenarios"].values() if isinstance(s, dict)]
+    losses = [
+        s.get("loss") for r in runs.values() for s in r["scenarios"].values() if isinstance(s, dict)
+    ]
     return 1 if any(loss for loss in losses if loss is not None) else 0
 
 

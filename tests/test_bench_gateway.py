@@ -1,19 +1,22 @@
 """The gateway benchmark runs end to end on a tiny load (structure and zero loss, never speed).
 
 Speed is what ``python -m bench.bench_gateway`` prints; this only proves the harness
-itself works: its own Mosquitto/InfluxDB, the real gateway, every scenario, the JSON.
+itself works: its own Mosquitto/InfluxDB, the real gateway, every scenario, the JSON,
+with the old default model (isolation_forest) and, side by side, the time-aware one.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import tomllib
+from pathlib import Path
 
 import pytest
 
-from bench.bench_gateway import dump_toml
+from bench.bench_gateway import dump_toml, model_state, parse_models, probe_values
 from bench.profile import summarise_profile
-from tests.helpers import python_module
+from tests.helpers import python_module, train_model
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +80,85 @@ def test_benchmark_runs_end_to_end_without_loss(tmp_path, models_dir):
 
     assert result["gateway_config"]["alerts"]["resolve_after"] == 1
     assert "naive per-message" in run.stdout and "throughput @200/s" in run.stdout
+
+
+@pytest.fixture(scope="module")
+def dynamics_model(tmp_path_factory, sim_csv) -> Path:
+    models = tmp_path_factory.mktemp("dynamics-models")
+    train_model(sim_csv, models, "--detector", "dynamics")
+    return models / "current"
+
+
+def test_compare_models_runs_each_model_with_alerting_probes(tmp_path, models_dir):
+    out = tmp_path / "result.json"
+    run = python_module(
+        "bench.bench_gateway",
+        *TINY,
+        "--only",
+        "throughput,latency",
+        "--compare-models",
+        f"old={models_dir / 'current'},new=dynamics",
+        "--models-dir",
+        str(tmp_path / "models"),
+        "--output",
+        str(out),
+        timeout=240,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert list(result["runs"]) == ["old", "new"]
+    old, new = result["runs"]["old"], result["runs"]["new"]
+    assert old["model"]["detector"] == "isolation_forest"
+    assert new["model"]["detector"] == "dynamics"
+    assert (tmp_path / "models" / "dynamics" / "current").exists()
+    for r in (old, new):
+        assert set(r["scenarios"]) == {"throughput", "latency"}
+        for s in r["scenarios"].values():
+            assert s["published"] > 0 and s["loss"] == 0
+        probe = r["scenarios"]["latency"]["latency"]
+        # Every probe reading of the stateful model fires or resolves too.
+        assert probe["all"]["n"] == probe["sent"] == 30
+        assert probe["missing"] == 0 and probe["wrong_state"] == 0
+    assert old["model"]["state"]["bytes_per_device"] == 0
+    state = new["model"]["state"]
+    assert state["inputs"] == "BankInputs" and state["devices"] == 20
+    assert state["bank_devices"] == 20 and state["bytes_per_device"] > 0
+    assert 0 < state["bound_mb"] < 1000
+    assert "models side by side" in run.stdout and "model state B/device" in run.stdout
+
+
+def test_probe_check_replays_the_probe_sequence_through_device_state(dynamics_model):
+    normal, info = probe_values(dynamics_model, {"exit_ratio": 0.8}, readings=150, rate=10.0)
+    assert set(normal) == {"temperature_c", "humidity_pct", "sound_db"}
+    check = info["probe_check"]
+    # Past the device's warm-up (60 readings): its history statistics are live.
+    assert check["readings_per_device"] == 150
+    assert check["anomalous_min"] >= check["enter"] > check["exit"] > check["normal_max"]
+    with pytest.raises(SystemExit, match="does not separate the probe readings"):
+        probe_values(dynamics_model, {"exit_ratio": 0.0}, readings=150, rate=10.0)
+
+
+def test_model_state_is_bounded_per_device(dynamics_model):
+    normal, _ = probe_values(dynamics_model, {}, readings=2)
+    state = model_state(dynamics_model, devices=50, lines=5, normal=normal)
+    assert state["bank_devices"] == 50
+    assert state["bank_array_bytes"] >= 50 * state["bank_bytes_per_slot"]
+    assert state["bound_mb"] == pytest.approx(
+        state["max_devices"] * state["bank_bytes_per_slot"] / 1e6, rel=0.2
+    )
+
+
+def test_parse_models():
+    assert parse_models("old=a/current, new=dynamics") == [
+        ("old", "a/current"),
+        ("new", "dynamics"),
+    ]
+    assert parse_models("isolation_forest,dynamics") == [
+        ("isolation_forest", "isolation_forest"),
+        ("dynamics", "dynamics"),
+    ]
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_models("a=x,a=y")
 
 
 def test_profile_summary_separates_waiting_from_busy_samples(tmp_path):
