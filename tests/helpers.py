@@ -127,6 +127,17 @@ def summary(output: str) -> dict[str, str]:
     raise AssertionError(f"no summary line in output:\n{output}")
 
 
+def simulate_csv(out, *, lines: int, devices: int, duration_s: int, seed: int, extra=()):
+    """A labelled simulator dataset at 1 Hz with every fault type, made with the real CLI."""
+    result = python_module(
+        "sensors.simulate", "--csv", str(out), "--lines", str(lines), "--devices", str(devices),
+        "--interval", "1", "--duration", str(duration_s), "--seed", str(seed), "--faults", "all",
+        *extra,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return out
+
+
 def train_model(csv_path, models_dir, *extra: str) -> str:
     """Train with the real CLI on a labelled simulator CSV; returns the new version."""
     result = python_module(

@@ -22,7 +22,7 @@ from gateway.lineprotocol import ReadingEncoder
 from model.reading_fields import required_fields
 from model.scorer import load_scorer
 from tests.conftest import TEST_DB
-from tests.helpers import python_module, train_model, unique
+from tests.helpers import simulate_csv, train_model, unique
 
 FIELDS = ("temperature_c", "humidity_pct", "sound_db")
 # Small enough for 30 minutes of data; history_readings = fit_after + 6 = 306.
@@ -32,12 +32,7 @@ DYNAMICS_PARAMS = ("--param", "fit_after=300", "--param", "warmup=20")
 @pytest.fixture(scope="module")
 def small_csv(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("series-data") / "f.csv"
-    result = python_module(
-        "sensors.simulate", "--csv", str(out), "--lines", "1", "--devices", "2",
-        "--interval", "1", "--duration", "1800", "--seed", "3", "--faults", "all",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    return out
+    return simulate_csv(out, lines=1, devices=2, duration_s=1800, seed=3)
 
 
 @pytest.fixture(scope="module")

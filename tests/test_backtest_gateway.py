@@ -25,7 +25,14 @@ from devstack.process import wait_until
 from gateway.config import load_gateway_config
 from model.scorer import load_scorer
 from tests.conftest import TEST_DB
-from tests.helpers import Collector, python_module, train_model, unique, wait_for_points
+from tests.helpers import (
+    Collector,
+    python_module,
+    simulate_csv,
+    train_model,
+    unique,
+    wait_for_points,
+)
 
 NO_DEADMAN = """
 [sensor_faults]
@@ -35,12 +42,10 @@ deadman_s = 0.0
 
 @pytest.fixture(scope="module")
 def small_dynamics_model(tmp_path_factory) -> Path:
-    data = tmp_path_factory.mktemp("bt-train") / "train.csv"
-    result = python_module(
-        "sensors.simulate", "--csv", str(data), "--lines", "1", "--devices", "3",
-        "--interval", "1", "--duration", "1800", "--seed", "31", "--faults", "all",
+    data = simulate_csv(
+        tmp_path_factory.mktemp("bt-train") / "train.csv",
+        lines=1, devices=3, duration_s=1800, seed=31,
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
     models = tmp_path_factory.mktemp("bt-models")
     train_model(
         data, models, "--detector", "dynamics",
@@ -71,13 +76,10 @@ def test_gateway_and_backtest_make_identical_decisions(
     tmp_path, mosquitto, influxdb, start_gateway, small_dynamics_model
 ) -> None:
     prefix = unique("bt")
-    data = tmp_path / "eval.csv"
-    result = python_module(
-        "sensors.simulate", "--csv", str(data), "--lines", "1", "--devices", "2",
-        "--interval", "1", "--duration", "900", "--seed", "32", "--faults", "all",
-        "--fault-rate", "20", "--device-prefix", prefix,
+    data = simulate_csv(
+        tmp_path / "eval.csv", lines=1, devices=2, duration_s=900, seed=32,
+        extra=("--fault-rate", "20", "--device-prefix", prefix),
     )  # fmt: skip
-    assert result.returncode == 0, result.stderr
     gw = start_gateway(models=small_dynamics_model, extra=NO_DEADMAN)
 
     scorer = load_scorer(small_dynamics_model / "current")

@@ -85,7 +85,9 @@ def test_a_drifting_sensor_breaks_its_relation_to_the_others() -> None:
     clean = one_device(np.c_[temp, humid, sound], params)[:, col]
     drift = one_device(np.c_[drifted, humid, sound], params)[:, col]
     assert clean[700:].max() < 4.0
-    assert drift[2700:3000].max() > 3 * clean[700:].max()
+    # The smoothed residual is clipped at resid_clip (6) spreads: the drift reaches it.
+    assert drift[2700:3000].max() > 2.5 * clean[700:].max()
+    assert drift[2700:3000].max() == pytest.approx(params.resid_clip, rel=0.05)
 
 
 def test_batches_do_not_change_any_statistic() -> None:

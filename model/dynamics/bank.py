@@ -64,7 +64,9 @@ class BankParams:
     # A residual this many spreads out is not learned from (a fault must not teach).
     learn_below: float = 4.0
     # Residuals are clipped at this many spreads before smoothing (see _regress).
-    resid_clip: float = 12.0
+    resid_clip: float = 6.0
+    # Weight of the signal's own step size in the spike statistic's denominator.
+    step_weight: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.fields:
@@ -300,7 +302,7 @@ class DeviceBank:
         # the signal's own movement counts as a spike.
         ordered = window[idx[:, None, None], np.arange(k)[None, :, None], self._chrono(count)]
         step = np.median(np.abs(np.diff(ordered, axis=2)), axis=2)
-        spike = absr / np.maximum(scale, step)
+        spike = absr / np.maximum(scale, self.params.step_weight * step)
         nw = self.params.noise_window
         noise = np.where((nres >= nw)[:, None], np.median(st.absr[slots], axis=2) / scale, 0.0)
         # Filter banks of the median-filtered values (robust to glitches and bursts).
