@@ -78,8 +78,10 @@
     const rows = r.drivers.map((d) => {
       const width = Math.min(120, Math.abs(d.z) * 20);
       const high = Math.abs(d.z) >= 3 ? " high" : "";
-      const field = FIELDS.find((f) => f.name === d.feature);
-      const label = field ? field.label : d.feature;
+      // The time-aware model names signals of a field: "humidity_pct__level".
+      const [name, signal] = d.feature.split("__");
+      const field = FIELDS.find((f) => f.name === name);
+      const label = field ? field.label + (signal ? ` · ${signal}` : "") : d.feature;
       return `<tr data-feature="${d.feature}"><td>${label}</td>` +
         `<td class="num">${fmt(d.value, 2)}</td>` +
         `<td class="num"><span class="zbar${high}" style="width:${width}px"></span>` +
