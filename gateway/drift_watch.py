@@ -49,6 +49,7 @@ class DriftWatch:
         self._metrics = metrics
         self._publish = publish
         self._monitor: DriftMonitor | None = None
+        self._columns: list[int] = []
         self._version: str | None = None
         self._expected_rate = 0.0
         # (readings, anomalous) per scored batch, covering about the last
@@ -66,8 +67,9 @@ class DriftWatch:
         if reference:
             try:
                 self._monitor = DriftMonitor(
-                    reference, window=self._cfg.window, features=scorer.features
+                    reference, window=self._cfg.window, features=scorer.drift_columns
                 )
+                self._columns = [scorer.features.index(f) for f in scorer.drift_columns]
             except ValueError as exc:
                 log.warning("no drift monitoring for model %s: %s", scorer.version, exc)
         validation = (scorer.metadata.get("metrics") or {}).get("validation") or {}
@@ -82,7 +84,7 @@ class DriftWatch:
         if scorer.version != self._version:
             self._reset(scorer)
         if self._monitor is not None and len(x):
-            self._monitor.update(x)
+            self._monitor.update(x[:, self._columns])
         n, k = len(flags), int(flags.sum())
         self._batches.append((n, k))
         self._seen += n

@@ -134,6 +134,13 @@ class Scorer:
         return self.stream.warmup
 
     @property
+    def drift_columns(self) -> tuple[str, ...]:
+        """Input columns whose distribution the drift watch compares with training: the
+        raw fields for the time-aware model (its statistics adapt to each device by
+        design, so a recalibrated sensor shows in its values, not in them)."""
+        return self.dynamics.fields if self.dynamics is not None else self.features
+
+    @property
     def signals(self) -> tuple[str, ...]:
         """What each column of :meth:`explain` measures (alert drivers name these)."""
         return self.dynamics.signals if self.dynamics is not None else self.features

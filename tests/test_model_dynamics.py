@@ -189,3 +189,40 @@ def test_trained_model_loads_without_scikit_learn_and_scores_rank(tmp_path: Path
     assert drivers[0][0] in scorer.signals and drivers[0][1] == pytest.approx(
         scores[top] / (1 - scores[top])
     )
+
+
+def test_drift_watch_compares_the_raw_fields_of_the_time_aware_model(tmp_path: Path) -> None:
+    """The machines the model was trained on: unshifted they do not drift, with a temperature
+    sensor recalibrated +8 °C they do.  The per-device statistics adapt by design and are
+    not watched."""
+    from gateway.config import DriftConfig
+    from gateway.drift_watch import DriftWatch
+    from gateway.metrics import GatewayMetrics
+
+    detector, meta = train_dynamics(_dataset(8, 3, 1500), params=SMALL)
+    scorer = load_scorer(save_artifact(tmp_path, detector, meta))
+    assert scorer.drift_columns == FIELDS
+    published: list[tuple[str, bytes, bool]] = []
+
+    def psi_after(shift: float) -> dict[str, float]:
+        metrics = GatewayMetrics("gw")
+        watch = DriftWatch(
+            DriftConfig(window=4000, check_interval_s=0.0),
+            "gw",
+            metrics,
+            lambda *m: published.append(m),
+        )
+        data = _dataset(8, 3, 1500)
+        values = data.X + np.array([shift, 0.0, 0.0])
+        batch = scorer.new_inputs().build(list(data.groups), data.ts_ns, values)
+        watch.observe(scorer, batch.X, scorer.score(batch.X) >= scorer.threshold)
+        watch.check(1.0, scorer.version)
+        return {
+            name: metrics.registry.get_sample_value("gateway_drift_psi", {"feature": name})
+            for name in scorer.features
+        }
+
+    calm, recalibrated = psi_after(0.0), psi_after(8.0)
+    assert {name for name, psi in calm.items() if psi is not None} == set(FIELDS)
+    assert max(calm[f] for f in FIELDS) < 0.25
+    assert recalibrated["temperature_c"] >= 0.25 > recalibrated["sound_db"]

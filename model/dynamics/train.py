@@ -171,7 +171,8 @@ def train_dynamics(
             "limit_rows": int(normal.sum()),
         },
         "feature_stats": _feature_stats(inputs[normal], columns),
-        "drift_reference": reference_from_data(inputs[normal], columns),
+        # The drift watch compares the raw fields (see Scorer.drift_columns).
+        "drift_reference": reference_from_data(X[normal], fields),
         "created_at": utc_now_rfc3339(),
         # Scored in time order on the training data itself: a sanity figure only; the
         # honest one is the event-level backtest on data the model has not seen.
