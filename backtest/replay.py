@@ -10,7 +10,6 @@ is every alert the gateway would have raised, and each reading's score.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -124,7 +123,3 @@ def replay(
         "replayed %d readings in %.1f s (%.0f readings/s)", n, seconds, n / max(seconds, 1e-9)
     )
     return Replay(scores, flags, events, reminders, seconds)
-
-
-def finite_or_none(value: float) -> float | None:
-    return None if math.isnan(value) else value

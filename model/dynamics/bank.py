@@ -214,12 +214,6 @@ class DeviceBank:
         self._seen[key] = self._tick
         return slot
 
-    def forget(self, key: Hashable) -> None:
-        slot = self._slots.pop(key, None)
-        if slot is not None:
-            self._seen.pop(key, None)
-            self._free.append(slot)
-
     def update(
         self, keys: Sequence[Hashable], ts_ns: Sequence[int] | np.ndarray, values: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -384,7 +378,3 @@ class DeviceBank:
     def memory_bytes(self) -> int:
         st = self._st
         return sum(getattr(st, name).nbytes for name in st._shapes(0))
-
-
-def field_of(stat_name: str) -> str:
-    return stat_name.rsplit(SEPARATOR, 1)[0]
