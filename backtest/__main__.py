@@ -28,12 +28,12 @@ from backtest.episodes import (
     DEFAULT_NEAR_S,
     device_spans,
     episodes_from_labels,
-    machine_states,
     match,
     pointwise,
     summarize,
 )
 from backtest.load import read_recording, read_windows
+from backtest.machine_state import machine_states
 from backtest.replay import Recording, replay
 from backtest.report import compare_table, format_table, to_json
 from common.config import ConfigError

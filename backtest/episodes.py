@@ -33,26 +33,22 @@ False alerts per machine-day
     false alerts / machine-days, where machine-days = sum over devices of (ts of last
     reading - ts of first reading) / 1 day, i.e. number of devices x their mean
     observed span (:func:`device_spans`, :func:`machine_days`).
-Machine state (:func:`machine_states`)
-    Per device, ``lo``/``hi`` = the ``low_q``/``high_q`` quantiles of one column (e.g.
-    ``sound_db``), ``mid`` = their midpoint, hysteresis band = a quarter of the gap
-    ``hi - lo``: the state turns "running" when a value exceeds ``mid + gap/8`` and
-    "idle" when one falls below ``mid - gap/8``.  A change is stamped with the ts of
-    the reading that crossed.  The initial state is the first value's side of ``mid``.
+Machine state
+    See :mod:`backtest.machine_state`.
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
 
 import numpy as np
 
+from backtest.machine_state import StateTrack
+from backtest.rows import as_keys, as_ns, by_device, check_lengths, segments
 from model.dataset import NORMAL_TOKENS
 from sensors.faults import DROPOUT, FAULT_TYPES
 
@@ -93,46 +89,6 @@ class AlertEvent:
         return f"{self.kind}/{self.detail}" if self.detail else self.kind
 
 
-# --------------------------------------------------------------------------- helpers
-
-
-def _ns(values: Any) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.dtype.kind == "M":
-        return arr.astype("datetime64[ns]").view(np.int64)
-    return arr.astype(np.int64)
-
-
-def _keys(values: Any) -> np.ndarray:
-    return np.asarray(values).astype(str)
-
-
-def _check_lengths(**arrays: np.ndarray | None) -> int:
-    sizes = {name: len(a) for name, a in arrays.items() if a is not None}
-    if len(set(sizes.values())) > 1:
-        raise ValueError(f"columns differ in length: {sizes}")
-    return next(iter(sizes.values()), 0)
-
-
-def _by_device(
-    keys: np.ndarray, ts: np.ndarray, tie: np.ndarray | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(device names, device index per sorted row, order): rows grouped by device, by ts."""
-    names, inv = np.unique(keys, return_inverse=True)
-    inv = inv.ravel()
-    order = np.lexsort((ts, inv) if tie is None else (tie, ts, inv))
-    return names, inv[order], order
-
-
-def _segments(dev: np.ndarray) -> list[tuple[int, int]]:
-    """[start, stop) of each device's block in device-sorted rows."""
-    if dev.size == 0:
-        return []
-    cuts = np.flatnonzero(dev[1:] != dev[:-1]) + 1
-    bounds = [0, *cuts.tolist(), int(dev.size)]
-    return list(pairwise(bounds))
-
-
 def _ratio(num: float, den: float) -> float:
     return float(num) / den if den else NAN
 
@@ -152,14 +108,14 @@ def episodes_from_labels(
     ``keys``: device key per row; ``faults``: label per row; ``seq``: the device's
     sample counter, whose gaps are dropouts (module doc).  Kinds are lower-cased.
     """
-    k = _keys(keys)
-    ts = _ns(ts_ns)
+    k = as_keys(keys)
+    ts = as_ns(ts_ns)
     labels = np.asarray(faults).astype(str)
     seqs = None if seq is None else np.asarray(seq).astype(np.int64)
-    n = _check_lengths(keys=k, ts_ns=ts, faults=labels, seq=seqs)
+    n = check_lengths(keys=k, ts_ns=ts, faults=labels, seq=seqs)
     if n == 0:
         return []
-    names, dev, order = _by_device(k, ts, seqs)
+    names, dev, order = by_device(k, ts, seqs)
     t = ts[order]
     uniq, lab = np.unique(np.char.lower(np.char.strip(labels[order])), return_inverse=True)
     lab = lab.ravel()
@@ -197,12 +153,12 @@ def device_spans(
     keys: Sequence[str] | np.ndarray, ts_ns: Sequence[int] | np.ndarray
 ) -> dict[str, tuple[int, int]]:
     """Device -> (ts of its first reading, ts of its last reading)."""
-    k = _keys(keys)
-    ts = _ns(ts_ns)
-    _check_lengths(keys=k, ts_ns=ts)
-    names, dev, order = _by_device(k, ts)
+    k = as_keys(keys)
+    ts = as_ns(ts_ns)
+    check_lengths(keys=k, ts_ns=ts)
+    names, dev, order = by_device(k, ts)
     t = ts[order]
-    return {str(names[dev[a]]): (int(t[a]), int(t[b - 1])) for a, b in _segments(dev)}
+    return {str(names[dev[a]]): (int(t[a]), int(t[b - 1])) for a, b in segments(dev)}
 
 
 def machine_days(spans: Mapping[str, tuple[int, int]]) -> float:
@@ -261,10 +217,10 @@ def match(
     eps = list(episodes)
     grace_ns = round(grace_s * NS_PER_S)
     windows: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    by_device: dict[str, list[int]] = {}
+    per_device: dict[str, list[int]] = {}
     for j, ep in enumerate(eps):
-        by_device.setdefault(ep.device, []).append(j)
-    for device, ids in by_device.items():
+        per_device.setdefault(ep.device, []).append(j)
+    for device, ids in per_device.items():
         windows[device] = (
             np.array([eps[j].start_ns for j in ids], dtype=np.int64),
             np.array([eps[j].end_ns for j in ids], dtype=np.int64),
@@ -339,7 +295,7 @@ def pointwise(
     flag = np.asarray(flags).astype(bool).ravel()
     y = np.asarray(labels).astype(bool).ravel()
     ok = np.ones_like(flag) if scored is None else np.asarray(scored).astype(bool).ravel()
-    _check_lengths(flags=flag, labels=y, scored=ok)
+    check_lengths(flags=flag, labels=y, scored=ok)
     flag &= ok
     tp = int(np.count_nonzero(flag & y))
     fp = int(np.count_nonzero(flag & ~y))
@@ -372,86 +328,6 @@ def pointwise_from_scores(
     flags = np.zeros(s.shape, dtype=bool)
     flags[scored] = s[scored] >= threshold
     return pointwise(flags, labels, scored=scored)
-
-
-# --------------------------------------------------------------------------- machine state
-
-
-@dataclass(frozen=True, slots=True)
-class StateTrack:
-    """A device's running/idle history: the state flips at each change."""
-
-    initial_running: bool
-    changes_ns: tuple[int, ...]
-    on_above: float  # value above which the machine turns "running"
-    off_below: float  # value below which it turns "idle"
-
-    def running_at(self, ts_ns: int) -> bool:
-        """State at ``ts_ns`` (a change at exactly ``ts_ns`` has happened)."""
-        flips = bisect_right(self.changes_ns, ts_ns)
-        return self.initial_running != (flips % 2 == 1)
-
-
-def machine_states(
-    keys: Sequence[str] | np.ndarray,
-    ts_ns: Sequence[int] | np.ndarray,
-    values: Sequence[float] | np.ndarray,
-    *,
-    low_q: float = 0.1,
-    high_q: float = 0.9,
-    min_gap: float = 0.0,
-) -> dict[str, StateTrack]:
-    """Running/idle per device from one column (module doc); NaN values are skipped.
-
-    Devices whose quantile gap is ``<= min_gap`` (no on/off pattern, e.g. a machine
-    that never stops; its noise alone would flap) are left out: state unknown.
-    """
-    if not 0.0 <= low_q < high_q <= 1.0:
-        raise ValueError("need 0 <= low_q < high_q <= 1")
-    k = _keys(keys)
-    ts = _ns(ts_ns)
-    v_all = np.asarray(values, dtype=np.float64).ravel()
-    _check_lengths(keys=k, ts_ns=ts, values=v_all)
-    finite = np.isfinite(v_all)
-    k, ts, v_all = k[finite], ts[finite], v_all[finite]
-    names, dev, order = _by_device(k, ts)
-    t_sorted, v_sorted = ts[order], v_all[order]
-    out: dict[str, StateTrack] = {}
-    for a, b in _segments(dev):
-        t, v = t_sorted[a:b], v_sorted[a:b]
-        lo, hi = np.quantile(v, [low_q, high_q])
-        gap = float(hi - lo)
-        if gap <= min_gap or gap <= 0:
-            continue
-        mid = float(lo + hi) / 2
-        on_above, off_below = mid + gap / 8, mid - gap / 8
-        mark = np.full(v.size, -1, dtype=np.int8)
-        mark[v > on_above] = 1
-        mark[v < off_below] = 0
-        if mark[0] < 0:
-            mark[0] = int(v[0] >= mid)
-        # Inside the band the state holds: carry the last decided mark forward.
-        last = np.maximum.accumulate(np.where(mark >= 0, np.arange(v.size), 0))
-        state = mark[last]
-        flips = np.flatnonzero(state[1:] != state[:-1]) + 1
-        out[str(names[dev[a]])] = StateTrack(
-            bool(state[0]), tuple(int(x) for x in t[flips]), on_above, off_below
-        )
-    return out
-
-
-def state_changes(
-    keys: Sequence[str] | np.ndarray,
-    ts_ns: Sequence[int] | np.ndarray,
-    values: Sequence[float] | np.ndarray,
-    *,
-    low_q: float = 0.1,
-    high_q: float = 0.9,
-    min_gap: float = 0.0,
-) -> dict[str, list[int]]:
-    """Device -> ts_ns of its on/off transitions (see :func:`machine_states`)."""
-    tracks = machine_states(keys, ts_ns, values, low_q=low_q, high_q=high_q, min_gap=min_gap)
-    return {device: list(track.changes_ns) for device, track in tracks.items()}
 
 
 # --------------------------------------------------------------------------- summary

@@ -15,13 +15,12 @@ from backtest.episodes import (
     device_spans,
     episodes_from_labels,
     machine_days,
-    machine_states,
     match,
     pointwise,
     pointwise_from_scores,
-    state_changes,
     summarize,
 )
+from backtest.machine_state import machine_states, state_changes
 from backtest.report import compare_table, format_table, to_json
 
 S = 1_000_000_000
