@@ -30,12 +30,12 @@ from backtest.episodes import (
     episodes_from_labels,
     match,
     pointwise,
-    summarize,
 )
 from backtest.load import read_recording, read_windows
 from backtest.machine_state import machine_states
 from backtest.replay import Recording, replay
 from backtest.report import compare_table, format_table, to_json
+from backtest.summary import summarize
 from common.config import ConfigError
 from common.logs import setup_logging
 from contract.timestamps import TimestampError, parse_csv_ns

@@ -79,17 +79,3 @@ def machine_states(
             bool(state[0]), tuple(int(x) for x in t[flips]), on_above, off_below
         )
     return out
-
-
-def state_changes(
-    keys: Sequence[str] | np.ndarray,
-    ts_ns: Sequence[int] | np.ndarray,
-    values: Sequence[float] | np.ndarray,
-    *,
-    low_q: float = 0.1,
-    high_q: float = 0.9,
-    min_gap: float = 0.0,
-) -> dict[str, list[int]]:
-    """Device -> ts_ns of its on/off transitions (see :func:`machine_states`)."""
-    tracks = machine_states(keys, ts_ns, values, low_q=low_q, high_q=high_q, min_gap=min_gap)
-    return {device: list(track.changes_ns) for device, track in tracks.items()}

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 from dataclasses import asdict
 from typing import Any
 
-from backtest.episodes import OVERALL, FaultStats, Pointwise, Summary
+from backtest.episodes import OVERALL, Pointwise
+from backtest.summary import FaultStats, Summary
 
 MISSING = "-"
 
@@ -155,13 +156,14 @@ def format_table(summary: Summary, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """NaN and inf -> None, recursively (JSON has no NaN)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     return value
 
 
@@ -176,7 +178,7 @@ def to_json(summary: Summary) -> dict[str, Any]:
     out = asdict(summary)
     out["per_fault"] = {s.kind: _stats_json(s) for s in summary.per_fault}
     out["overall"] = _stats_json(summary.overall)
-    return _clean(out)
+    return json_safe(out)
 
 
 def _md_cell(text: str) -> str:

@@ -43,3 +43,8 @@ def segments(dev: np.ndarray) -> list[tuple[int, int]]:
     cuts = np.flatnonzero(dev[1:] != dev[:-1]) + 1
     bounds = [0, *cuts.tolist(), int(dev.size)]
     return list(pairwise(bounds))
+
+
+def ratio(num: float, den: float) -> float:
+    """num / den, NaN when there is nothing to divide by."""
+    return float(num) / den if den else float("nan")

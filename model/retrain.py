@@ -56,10 +56,11 @@ from backtest.episodes import (
     episodes_from_labels,
     match,
     pointwise,
-    summarize,
 )
 from backtest.load import read_recording
 from backtest.replay import Recording, replay
+from backtest.report import json_safe
+from backtest.summary import summarize
 from contract.timestamps import CSV_DEFAULT
 from gateway.config import GatewayConfig, load_gateway_config
 from gateway.detection import PROCESS_ANOMALY
@@ -168,13 +169,13 @@ class RetrainReport:
 
     def to_dict(self) -> dict[str, Any]:
         def figures(m: ModelFigures | None) -> dict[str, Any] | None:
-            return None if m is None else _finite(m.__dict__)
+            return None if m is None else json_safe(m.__dict__)
 
         return {
             "history": self.history,
             "candidate": figures(self.candidate),
             "active": figures(self.active),
-            "checks": _finite(self.checks),
+            "checks": json_safe(self.checks),
             "not_worse": self.not_worse,
             "promoted": self.promoted,
             "forced": self.forced,
@@ -182,17 +183,6 @@ class RetrainReport:
             "previous_version": self.previous,
             "sensor_fault_periods": self.sensor_fault_periods,
         }
-
-
-def _finite(value: Any) -> Any:
-    """NaN -> None, recursively (JSON has no NaN)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
 
 
 # --- comparison ------------------------------------------------------------------------
@@ -449,7 +439,7 @@ def backtest_history(
     }
     clean = hold[prepared.usable[hold] & np.isfinite(scores[hold])]  # device-grouped order
     side = holdout_figures(scores[clean], scorer.threshold, history.keys[clean])
-    return _finite(events), side
+    return json_safe(events), side
 
 
 def backtest_labelled(
@@ -511,7 +501,7 @@ def backtest_labelled(
                 },
             }
         )
-    return _finite(out)
+    return json_safe(out)
 
 
 # --- the run ---------------------------------------------------------------------------
@@ -657,7 +647,7 @@ def run_retrain(req: RetrainRequest) -> RetrainReport:
     decided = all(c["ok"] for c in checks)
     promote = decided or req.force
 
-    metadata["retrain"] = _finite(
+    metadata["retrain"] = json_safe(
         {
             "history": summary,
             "backtest": cand_fig.backtest,

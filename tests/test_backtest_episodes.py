@@ -18,10 +18,10 @@ from backtest.episodes import (
     match,
     pointwise,
     pointwise_from_scores,
-    summarize,
 )
-from backtest.machine_state import machine_states, state_changes
+from backtest.machine_state import machine_states
 from backtest.report import compare_table, format_table, to_json
+from backtest.summary import summarize
 
 S = 1_000_000_000
 A = "line1/press-01"
@@ -221,14 +221,14 @@ def _square_wave(device: str, seed: int, period_s: int = 200, cycles: int = 3):
     return [device] * t.size, (t * S).tolist(), values, edges
 
 
-def test_state_changes_from_a_noisy_square_wave():
+def test_machine_state_changes_from_a_noisy_square_wave():
     ka, ta, va, edges_a = _square_wave(A, seed=1)
     kb, tb, vb, edges_b = _square_wave(B, seed=2, period_s=120)
     keys, ts = ka + kb, ta + tb
     values = np.concatenate([va, vb])
     values[3] = np.nan  # a missing reading is skipped
 
-    changes = state_changes(keys, ts, values)
+    changes = {k: list(t.changes_ns) for k, t in machine_states(keys, ts, values).items()}
     assert changes == {A: edges_a, B: edges_b}
     assert len(edges_a) == 5
 
@@ -240,10 +240,10 @@ def test_state_changes_from_a_noisy_square_wave():
 
 
 def test_flat_column_has_no_state():
-    assert state_changes([A] * 5, [i * S for i in range(5)], [70.0] * 5) == {}
+    assert machine_states([A] * 5, [i * S for i in range(5)], [70.0] * 5) == {}
     noise = np.random.default_rng(0).normal(78.0, 2.0, 200)
     # A machine that never stops: only noise, which a minimum gap keeps from flapping.
-    assert state_changes([A] * 200, [i * S for i in range(200)], noise, min_gap=10.0) == {}
+    assert machine_states([A] * 200, [i * S for i in range(200)], noise, min_gap=10.0) == {}
 
 
 def test_where_false_alerts_fall():
