@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from contract.schema import check_field_name
+
 
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
@@ -20,6 +22,9 @@ class FieldSpec:
     minimum: float
     maximum: float
     aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_field_name(self.name)
 
 
 DEFAULT_FIELDS: tuple[FieldSpec, ...] = (

@@ -8,6 +8,7 @@ and in the dead-letter payload) and a human ``detail`` that names the field.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ REASONS = (
     "bad_timestamp",
     "bad_seq",
 )
+
+# ``seq`` is stored as a signed 64-bit integer field: larger values cannot be stored.
+MAX_SEQ = 2**63 - 1
 
 # Valid reading topics already parsed: the same few hundred devices send all day,
 # and splitting and checking the names was ~5 % of the gateway's scorer thread.
@@ -143,8 +147,8 @@ def normalise_record(
                 if lowered == "ts":
                     ts_ns = parse_ts(raw, now_ns, limits)
                 elif lowered == "seq":
-                    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 0:
-                        raise Rejected("bad_seq", "seq must be a non-negative integer", "seq")
+                    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= MAX_SEQ:
+                        raise Rejected("bad_seq", "seq must be an integer from 0 to 2^63-1", "seq")
                     seq = raw
                 continue
         if type(raw) is float:
@@ -152,7 +156,10 @@ def normalise_record(
         elif isinstance(raw, bool) or not isinstance(raw, int | float):
             raise Rejected("wrong_type", f"{name} must be a number, got {type(raw).__name__}", name)
         else:
-            value = float(raw)
+            try:
+                value = float(raw)
+            except OverflowError:  # an integer literal beyond any float
+                value = math.inf if raw > 0 else -math.inf
         low, high, bounded = ranges[name]
         # NaN fails any comparison, so with finite bounds one test covers both cases.
         if not low <= value <= high or not bounded:
@@ -195,14 +202,30 @@ def decode_reading(
         raise Rejected(
             "too_large", f"payload is {len(payload)} bytes, limit {limits.max_payload_bytes}"
         )
+    now_ns = received_ns if received_ns is not None else time.time_ns()
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         # orjson also refuses NaN/Infinity literals here, which is what we want.
+        _explain_refused_json(payload, now_ns, limits)
         raise Rejected("not_json", f"invalid JSON: {str(exc)[:120]}") from None
-    now_ns = received_ns if received_ns is not None else time.time_ns()
     values, ts_ns, seq = normalise_record(obj, now_ns, limits)
     return Reading(line, device, ts_ns, values, seq, now_ns)
+
+
+def _refuse_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _explain_refused_json(payload: bytes, now_ns: int, limits: DecodeLimits) -> None:
+    """Give a better reason than ``not_json`` where there is one: a number such as
+    ``1e999`` is valid JSON grammar that no float holds (``not_finite``).  Off the hot
+    path; what orjson refuses is never accepted."""
+    try:
+        obj = json.loads(payload, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):
+        return
+    normalise_record(obj, now_ns, limits)  # raises the precise Rejected, if any
 
 
 def encode_reading(

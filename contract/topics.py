@@ -10,7 +10,9 @@ DEADLETTER_SUBSCRIPTION = f"{ROOT}/deadletter/#"
 # Names used when a rejected message's topic cannot be parsed into line/device.
 UNKNOWN = "_unknown"
 # Topic levels that would collide with the gateway's own namespaces.
-_RESERVED_LINES = frozenset({"alerts", "deadletter", "gateway", "silence", "state"})
+_RESERVED_LINES = frozenset(
+    {"alerts", "deadletter", "gateway", "silence", "state", "cluster", "_part"}
+)
 _MAX_NAME_LEN = 64
 
 
@@ -34,10 +36,19 @@ def status_topic(gateway_id: str) -> str:
     return f"{ROOT}/gateway/{gateway_id}/status"
 
 
+# MQTT wildcards and level separator, the space, and the backslash: InfluxDB 1.x line
+# protocol cannot carry a backslash in a tag exactly (it is kept doubled, or refused
+# at the end of a name), so such a name would be stored under another name or lost.
+_FORBIDDEN_IN_NAMES = frozenset("+#/ \\")
+NAME_RULE = "1-64 printable characters, none of: space + # / \\"
+
+
 def valid_name(name: str) -> bool:
-    """Line and device names become MQTT levels and InfluxDB tags: keep them printable."""
+    """Line and device names become MQTT levels and InfluxDB tags, stored exactly as sent."""
     return (
-        0 < len(name) <= _MAX_NAME_LEN and name.isprintable() and not any(c in name for c in "+#/ ")
+        0 < len(name) <= _MAX_NAME_LEN
+        and name.isprintable()
+        and _FORBIDDEN_IN_NAMES.isdisjoint(name)
     )
 
 
@@ -50,5 +61,5 @@ def parse_reading_topic(topic: str) -> tuple[str, str]:
     if line in _RESERVED_LINES:
         raise TopicError(f"line name {line!r} is reserved")
     if not (valid_name(line) and valid_name(device)):
-        raise TopicError("line/device must be 1-64 printable characters without spaces")
+        raise TopicError(f"line and device names must be {NAME_RULE}")
     return line, device

@@ -14,6 +14,8 @@ from pathlib import Path
 from common.config import load_config
 from common.mqtt import MqttSettings
 from contract import DEFAULT_FIELDS, DecodeLimits, FieldSpec
+from contract.schema import check_field_name
+from contract.topics import NAME_RULE, valid_name
 
 ENV_PREFIX = "GATEWAY"
 
@@ -25,6 +27,9 @@ class FieldConfig:
     min: float = float("-inf")
     max: float = float("inf")
     aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        check_field_name(self.name)  # refused at load, not at the first reading
 
     def spec(self) -> FieldSpec:
         return FieldSpec(self.name, self.unit, self.min, self.max, self.aliases)
@@ -225,8 +230,8 @@ class GatewayConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
-        if not self.id or any(c in self.id for c in "+#/ "):
-            raise ValueError("gateway id must be non-empty without '+', '#', '/' or spaces")
+        if not valid_name(self.id):
+            raise ValueError(f"gateway id must be {NAME_RULE}")
 
     def decode_limits(self, required: tuple[str, ...]) -> DecodeLimits:
         fields = DEFAULT_FIELDS + tuple(f.spec() for f in self.decode.extra_fields)

@@ -144,7 +144,13 @@ def test_the_wire_keeps_its_timestamp_rules(ts, detail):
             {"temperature_c": 1, "humidity_pct": 101, "sound_db": 1},
             ("out_of_range", "humidity_pct"),
         ),
-        ({"temperature_c": 1e308 * 10, "humidity_pct": 1, "sound_db": 1}, ("not_json", None)),
+        # Valid JSON grammar that no float holds: not_finite, as the README says.
+        (
+            {"temperature_c": 1e308 * 10, "humidity_pct": 1, "sound_db": 1},
+            ("not_finite", "temperature_c"),
+        ),
+        (b'{"temperature_c": NaN, "humidity_pct": 1, "sound_db": 1}', ("not_json", None)),
+        (b'{"temperature_c": 1, "humidity_pct": 1, "sound_db": 1e999', ("not_json", None)),
         (
             {"temperature_c": 1, "humidity_pct": 1, "sound_db": 1, "ts": "yesterday"},
             ("bad_timestamp", "ts"),
@@ -164,6 +170,8 @@ def test_the_wire_keeps_its_timestamp_rules(ts, detail):
         ),
         ({"temperature_c": 1, "humidity_pct": 1, "sound_db": 1, "seq": -1}, ("bad_seq", "seq")),
         ({"temperature_c": 1, "humidity_pct": 1, "sound_db": 1, "seq": 1.5}, ("bad_seq", "seq")),
+        # seq is stored as a signed 64-bit integer.
+        ({"temperature_c": 1, "humidity_pct": 1, "sound_db": 1, "seq": 2**63}, ("bad_seq", "seq")),
     ],
 )
 def test_rejections_name_reason_and_field(body, expected):
@@ -191,10 +199,28 @@ def test_too_large_is_rejected_before_parsing():
         "plant/l/d/reading",
         "factory/l/d/status",
         "factory/l/d e v/reading",
+        # A backslash cannot be stored exactly as an InfluxDB 1.x tag.
+        "factory/l/dev\\/reading",
+        "factory/l\\x/d/reading",
+        "factory/cluster/d/reading",
+        "factory/_part/d/reading",
     ],
 )
 def test_bad_topics(topic):
     assert reason({"temperature_c": 1, "humidity_pct": 1, "sound_db": 1}, topic)[0] == "bad_topic"
+
+
+def test_seq_up_to_the_int64_limit_is_accepted():
+    r = decode({"temperature_c": 1, "humidity_pct": 1, "sound_db": 1, "seq": 2**63 - 1})
+    assert r.seq == 2**63 - 1
+
+
+@pytest.mark.parametrize("name", ["score", "device", "time", "Temp", "1x", "a-b", "x" * 65])
+def test_field_names_that_collide_with_the_schema_are_refused(name):
+    from contract.fields import FieldSpec
+
+    with pytest.raises(ValueError, match="field name"):
+        FieldSpec(name, "", 0, 1)
 
 
 def test_unknown_fields_are_ignored_not_stored():

@@ -1,0 +1,46 @@
+"""The InfluxDB schema: measurement, tag and field names, in one place.
+
+Writers (the gateway) and readers (API history, retraining, dashboards) use these
+names; a reading field configured by a plant must not collide with them.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Measurements.
+READING = "reading"
+SENSOR_FAULT = "sensor_fault"
+GATEWAY_HEALTH = "gateway"
+
+# Tags of `reading`.
+LINE = "line"
+DEVICE = "device"
+MODEL_VERSION = "model_version"
+
+# Fields of `reading` besides the sensor values.
+SCORE = "score"
+IS_ANOMALY = "is_anomaly"
+SEQ = "seq"
+WARMING_UP = "warming_up"
+GATEWAY = "gateway"
+
+# Names a sensor field may not take: they are the reading's tags and other fields,
+# InfluxQL's `time`, and the wire's `ts`/`seq`.
+RESERVED_FIELD_NAMES = frozenset(
+    {LINE, DEVICE, MODEL_VERSION, SCORE, IS_ANOMALY, SEQ, WARMING_UP, GATEWAY, "time", "ts"}
+)
+# Sensor field names are also model feature names and InfluxDB field keys: plain
+# identifiers need no escaping anywhere and read back exactly.
+FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def check_field_name(name: str) -> None:
+    """Raise ValueError unless ``name`` can be a sensor field of the ``reading`` measurement."""
+    if not FIELD_NAME.fullmatch(name):
+        raise ValueError(
+            f"field name {name!r} must be 1-64 lower-case letters, digits or _, "
+            "starting with a letter"
+        )
+    if name in RESERVED_FIELD_NAMES:
+        raise ValueError(f"field name {name!r} is reserved by the InfluxDB schema")
