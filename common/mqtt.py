@@ -7,6 +7,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -22,6 +23,15 @@ log = logging.getLogger(__name__)
 _READ_BATCH = 100
 # PUBACK fixed header: packet type 4, remaining length 2 (just the packet id).
 _PUBACK_PREFIX = bytes((PacketTypes.PUBACK << 4, 2))
+
+
+# While a receive gate has no room, the network thread re-checks it this often (and
+# meanwhile writes acknowledgements and keeps the connection alive).
+_GATE_WAIT_S = 0.05
+
+
+class ReceiveGate(Protocol):
+    def room(self, timeout_s: float) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,9 @@ class Client(mqtt.Client):
     """
 
     on_plain_message: Callable[[mqtt.Client, str, bytes, int, int], None] | None = None
+    # When set, no packet is read while it has no room (the gateway's memory bound);
+    # the network loop goes on writing acknowledgements and pings.
+    receive_gate: ReceiveGate | None = None
 
     def _handle_publish(self) -> mqtt.MQTTErrorCode:
         header: int = self._in_packet["command"]
@@ -118,9 +131,13 @@ class Client(mqtt.Client):
         pass of its network loop per message.  The socket is non-blocking: reading
         stops when it has nothing more (``MQTT_ERR_AGAIN``), as paho's own loop does.
         """
+        gate = self.receive_gate
         for _ in range(max(max_packets, _READ_BATCH)):
             if self._sock is None:
                 return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+            # Not before CONNACK: the connection itself must always be read.
+            if gate is not None and self.is_connected() and not gate.room(_GATE_WAIT_S):
+                break
             rc = self._packet_read()
             if rc > 0:
                 return self._loop_rc_handle(rc)
@@ -147,7 +164,7 @@ def make_client(
     client_id: str,
     *,
     will: tuple[str, bytes] | None = None,
-) -> mqtt.Client:
+) -> Client:
     """Create an MQTT v5 client with auth, TLS, last will and capped reconnect backoff."""
     client = Client(
         callback_api_version=CallbackAPIVersion.VERSION2,

@@ -32,6 +32,9 @@ REASONS = (
     "bad_timestamp",
     "bad_seq",
 )
+# Accepted by the contract, then refused by InfluxDB (the gateway dead-letters it).
+STORE_REFUSED = "store_refused"
+DEADLETTER_REASONS = (*REASONS, STORE_REFUSED)
 
 # ``seq`` is stored as a signed 64-bit integer field: larger values cannot be stored.
 MAX_SEQ = 2**63 - 1

@@ -1,9 +1,9 @@
 """Wiring of the gateway's parts, and their ordered start and shutdown.
 
 Threads: paho's network thread (intake), the scorer (pipeline), the InfluxDB writer,
-and the Prometheus HTTP server.  Shutdown order: stop accepting messages, score what
-is already received, flush writes (which acknowledges them), publish the retained
-``offline`` status, disconnect.
+the spool drainer, and the Prometheus HTTP server.  Shutdown order: stop accepting
+messages, score what is already received, flush writes (which acknowledges them),
+publish the retained ``offline`` status, disconnect.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from collections.abc import Callable
 from contract import READING_SUBSCRIPTION
 from gateway.cluster.coordinator import Coordinator
 from gateway.config import GatewayConfig
+from gateway.deadletters import DeadLetters
+from gateway.drainer import Drainer
+from gateway.flow import HeldLimit
 from gateway.inbox import Inbox
 from gateway.intake import Message, MqttIntake, ack_all
 from gateway.lineprotocol import encode_point
@@ -25,6 +28,7 @@ from gateway.pipeline import Processor
 from gateway.silence import SUBSCRIPTION as SILENCE_SUBSCRIPTION
 from gateway.sinks import InfluxV1Sink, Sink, WriteError, make_sink
 from gateway.spool import Spool
+from gateway.store import Store
 from gateway.writer import Writer
 from model.scorer import Scorer, load_scorer
 
@@ -65,20 +69,36 @@ class Gateway:
         )
         if self._spool is not None:
             self.metrics.count_spooled(0, self._spool)
-        # Bounded by flow control: at most receive_maximum QoS 1 messages are in flight.
+        # The memory bound: at most receive_maximum readings held (see gateway.flow);
+        # the inbox's own capacity only stops a QoS 0 flood.
         self._inbox: Inbox[Message] = Inbox(capacity=2 * cfg.mqtt.receive_maximum)
+        self.held_limit = HeldLimit(cfg.mqtt.receive_maximum, self._held)
+        self.metrics.held.set_function(self._held)
+        self.metrics.held_peak.set_function(lambda: self.held_limit.peak)
+        self.metrics.held_limit.set(self.held_limit.limit)
         self.cluster: Coordinator | None = None
         subscriptions: tuple[str, ...] = (READING_SUBSCRIPTION, SILENCE_SUBSCRIPTION)
         if cfg.cluster.enabled:
             # Readings arrive through partition sessions; the main session only
             # follows membership, partition markers and silences.
-            self.cluster = Coordinator(cfg.cluster, cfg.mqtt, cfg.id, self._inbox, self.metrics)
+            self.cluster = Coordinator(
+                cfg.cluster, cfg.mqtt, cfg.id, self._inbox, self.metrics, self.held_limit
+            )
             subscriptions = (*self.cluster.subscriptions, SILENCE_SUBSCRIPTION)
-        self.intake = MqttIntake(cfg.mqtt, cfg.id, subscriptions, self._inbox, self.metrics)
+        self.intake = MqttIntake(
+            cfg.mqtt, cfg.id, subscriptions, self._inbox, self.metrics, self.held_limit
+        )
         if self.cluster is not None:
             self.intake.set_router(self.cluster.handle_status)
+        dead_letters = DeadLetters(self.intake.publish, self.metrics)
+        store = Store(self._sink, self.metrics, dead_letters)
+        self.drainer = (
+            Drainer(self._spool, store, cfg.influx, self.metrics, on_fatal=self._fatal)
+            if self._spool is not None
+            else None
+        )
         self.writer = Writer(
-            self._sink,
+            store,
             cfg.influx,
             self.metrics,
             ack_all,
@@ -86,6 +106,8 @@ class Gateway:
             health_point=self._health_point,
             health_interval_s=cfg.metrics.influx_interval_s,
             spool=self._spool,
+            on_settled=self.held_limit.settled,
+            on_spooled=self.drainer.wake if self.drainer is not None else None,
         )
         self.processor = Processor(
             cfg,
@@ -95,6 +117,7 @@ class Gateway:
             self.intake.publish,
             self.metrics,
             on_fatal=self._fatal,
+            dead_letters=dead_letters,
             shadow=(lambda: self.shadow.current) if self.shadow else None,
         )
         self.failed = threading.Event()
@@ -103,6 +126,10 @@ class Gateway:
 
     def scorer(self) -> Scorer:
         return self.model.current
+
+    def _held(self) -> int:
+        """Readings in memory: waiting, being scored, or waiting to be settled."""
+        return len(self._inbox) + self.processor.in_hand + self.writer.unacked
 
     def _health_point(self) -> str:
         fields = self.metrics.health_fields()
@@ -121,6 +148,8 @@ class Gateway:
         """
         now = time.monotonic()
         writer_ok = self.writer.is_alive() and now - self.writer.heartbeat < stale_s
+        if self.drainer is not None:
+            writer_ok = writer_ok and self.drainer.is_alive()
         scorer_ok = self.processor.is_alive() and (
             now - self.processor.heartbeat < stale_s or self.writer.full
         )
@@ -143,6 +172,8 @@ class Gateway:
                 log.warning("could not ensure database %s: %s", self.cfg.influx.database, exc)
         self.metrics.serve(self.cfg.metrics.host, self.cfg.metrics.port)
         self.writer.start()
+        if self.drainer is not None:
+            self.drainer.start()
         self.processor.start()
         self.intake.start()
         if self.cluster is not None:
@@ -165,6 +196,8 @@ class Gateway:
                 timeout_s,
                 self.writer.unacked,
             )
+        if self.drainer is not None:
+            self.drainer.stop(self.cfg.influx.timeout_s + 1.0)
         if self.cluster is not None:
             self.cluster.close()  # partition sessions stay with the broker for the next owner
         self.intake.close()

@@ -138,6 +138,9 @@ class InfluxConfig:
     # Write batching
     batch_max_points: int = 5000
     flush_interval_ms: float = 200.0
+    # A write InfluxDB has not answered in spool_after_s goes to the spool (if any), so a
+    # hung InfluxDB is an outage within about a second; spool drains wait timeout_s.
+    spool_after_s: float = 1.0
     timeout_s: float = 10.0
     retry_min_s: float = 0.5
     retry_max_s: float = 30.0
@@ -147,6 +150,8 @@ class InfluxConfig:
             raise ValueError("influx.api must be 1 or 2")
         if not self.url.startswith(("http://", "https://")):
             raise ValueError("influx.url must start with http:// or https://")
+        if not 0 < self.spool_after_s <= self.timeout_s:
+            raise ValueError("need 0 < influx.spool_after_s <= influx.timeout_s")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The gateway's MQTT session: subscribe, receive, acknowledge late, publish.
 
 Messages are acknowledged manually, only once the reading is durable (see
-``gateway.writer``).  Until then the broker counts them against our Receive Maximum,
-so the number of readings held in memory is bounded by ``mqtt.receive_maximum``, and
-anything not acknowledged when we crash is redelivered through the persistent session.
+``gateway.writer``).  Until then the broker counts them against our Receive Maximum;
+the gateway also enforces that bound itself (``gateway.flow``), so the readings held
+in memory stay within ``mqtt.receive_maximum`` whatever the broker does.  Anything not
+acknowledged when we crash is redelivered through the persistent session.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from common.mqtt import Client, MqttSettings, disable_nagle, make_client, start
+from common.mqtt import Client, MqttSettings, ReceiveGate, disable_nagle, make_client, start
 from contract import status_topic
 from contract.payloads import OFFLINE, ONLINE
 from gateway.inbox import Inbox
@@ -64,6 +65,7 @@ class MqttIntake:
         subscriptions: tuple[str, ...],
         inbox: Inbox[Message],
         metrics: GatewayMetrics,
+        gate: ReceiveGate | None = None,
     ):
         self._settings = settings
         self._subscriptions = subscriptions
@@ -76,6 +78,7 @@ class MqttIntake:
             settings, f"gateway-{gateway_id}", will=(self._status_topic, OFFLINE)
         )
         self._client.manual_ack_set(True)
+        self._client.receive_gate = gate
         self._client.max_queued_messages_set(_MAX_OUTGOING_QUEUED)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect

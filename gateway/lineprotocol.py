@@ -6,7 +6,21 @@ follow the InfluxDB line protocol reference.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
+
+from contract.reading import Reading
+from contract.schema import (
+    DEVICE,
+    GATEWAY,
+    IS_ANOMALY,
+    LINE,
+    MODEL_VERSION,
+    READING,
+    SCORE,
+    SEQ,
+    WARMING_UP,
+)
 
 _TAG_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "=": r"\=", "\\": "\\\\"})
 _MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\\": "\\\\"})
@@ -63,8 +77,8 @@ class ReadingEncoder:
                 self._prefixes.clear()  # bounded: devices come and go, versions change
             prefix = (
                 encode_point(
-                    "reading",
-                    {"line": line, "device": device, "model_version": version},
+                    READING,
+                    {LINE: line, DEVICE: device, MODEL_VERSION: version},
                     {"x": 0},
                     0,
                 ).rsplit(" ", 2)[0]
@@ -101,3 +115,28 @@ class ReadingEncoder:
         ``tail`` holds the other fields already formatted, each with a leading comma."""
         body = self._field_part(values, repr) + tail if values else tail[1:]
         return f"{self._prefix(line, device, version)}{body} {ts_ns}"
+
+    def scored(
+        self,
+        reading: Reading,
+        version: str,
+        score: float,
+        is_anomaly: bool,
+        gateway_tail: str = "",
+    ) -> str:
+        """A scored reading's point: its values, ``score`` and ``is_anomaly`` (or
+        ``warming_up`` when the score is NaN: warming up or out of order), its ``seq``;
+        ``gateway_tail`` is :meth:`gateway_tail` in cluster mode."""
+        seq_tail = "" if reading.seq is None else f",{SEQ}={reading.seq}i"
+        if not math.isnan(score):
+            flag = "true" if is_anomaly else "false"
+            tail = f",{SCORE}={score!r},{IS_ANOMALY}={flag}{seq_tail}{gateway_tail}"
+        else:
+            tail = f",{WARMING_UP}=true{seq_tail}{gateway_tail}"
+        return self.encode_reading(
+            reading.line, reading.device, version, reading.values, tail, reading.ts_ns
+        )
+
+    @staticmethod
+    def gateway_tail(gateway_id: str) -> str:
+        return f",{GATEWAY}={format_field(gateway_id)}"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from contract.reading import REASONS
+from contract.reading import DEADLETTER_REASONS
 
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -38,7 +38,7 @@ class GatewayMetrics:
         self.rejected = Counter(
             "gateway_messages_rejected", "Messages dead-lettered", ["reason"], registry=r
         )
-        for reason in REASONS:
+        for reason in DEADLETTER_REASONS:
             self.rejected.labels(reason)  # export zeros so rate() works from the start
         self.alerts = Counter(
             "gateway_alerts_published", "Alerts published", ["kind", "state"], registry=r
@@ -122,6 +122,18 @@ class GatewayMetrics:
         self.write_depth = Gauge("gateway_write_queue_depth", "Batches awaiting write", registry=r)
         self.unacked = Gauge(
             "gateway_unacked_messages", "Received but not yet durable (not acked)", registry=r
+        )
+        # Read when scraped (set_function), from gateway.flow.HeldLimit.
+        self.held = Gauge(
+            "gateway_held_readings",
+            "Readings in memory: waiting, being scored, or not yet durable",
+            registry=r,
+        )
+        self.held_peak = Gauge(
+            "gateway_held_readings_peak", "Most readings held in memory since start", registry=r
+        )
+        self.held_limit = Gauge(
+            "gateway_held_readings_limit", "The gateway's bound on readings held", registry=r
         )
         self.connected = Gauge(
             "gateway_mqtt_connected", "1 when connected to the broker", registry=r

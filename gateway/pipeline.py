@@ -12,17 +12,17 @@ import threading
 import time
 from collections.abc import Callable
 
-from common.logs import RateLimitedLog
-from contract import Reading, Rejected, deadletter_topic, decode_reading
-from contract.payloads import deadletter_payload, rfc3339
-from contract.topics import UNKNOWN, TopicError, parse_reading_topic
+from contract import Reading, Rejected, decode_reading
+from contract.payloads import rfc3339
+from contract.topics import TopicError, parse_reading_topic
 from gateway.config import GatewayConfig
+from gateway.deadletters import DeadLetters
 from gateway.detection import AlertTransition, Detection
 from gateway.drift_watch import DriftWatch
 from gateway.features import FeatureBuilder
 from gateway.inbox import Inbox
 from gateway.intake import Message
-from gateway.lineprotocol import ReadingEncoder, format_field
+from gateway.lineprotocol import ReadingEncoder
 from gateway.metrics import GatewayMetrics
 from gateway.notifier import Notifier
 from gateway.silence import PREFIX as SILENCE_PREFIX
@@ -44,6 +44,7 @@ class Processor(threading.Thread):
         publish: Callable[[str, bytes, bool], None],
         metrics: GatewayMetrics,
         on_fatal: Callable[[BaseException], None],
+        dead_letters: DeadLetters,
         shadow: Callable[[], Scorer | None] | None = None,
     ):
         super().__init__(name="scorer", daemon=True)
@@ -64,9 +65,11 @@ class Processor(threading.Thread):
         self._shadow_features = FeatureBuilder()
         self._drift = DriftWatch(cfg.drift, cfg.id, metrics, publish)
         self._shadow = shadow
+        self._dead_letters = dead_letters
         self.heartbeat = time.monotonic()
+        # Messages taken from the inbox and not yet handed to the writer (memory bound).
+        self.in_hand = 0
         self._stopping = threading.Event()
-        self._ratelog = RateLimitedLog(log, 10.0)
         self._limits_for: tuple[tuple[str, ...], object] | None = None
 
     def stop(self, timeout_s: float) -> None:
@@ -90,9 +93,11 @@ class Processor(threading.Thread):
         while True:
             self.heartbeat = time.monotonic()
             batch = self._collect()
+            self.in_hand = len(batch)
             if batch:
                 try:
                     self._process(batch)
+                    self.in_hand = 0
                 except Exception as exc:
                     # A bug must not silently stall the flow: stop the gateway so the
                     # supervisor restarts it; the batch is unacked and gets redelivered.
@@ -110,6 +115,7 @@ class Processor(threading.Thread):
         scorer = self._scorer()  # one model per batch, even if a reload happens meanwhile
         limits = self._limits(scorer)
         valid: list[Reading] = []
+        valid_msgs: list[Message] = []
         lines: list[str] = []
         now = time.monotonic()
         for msg in batch:
@@ -118,12 +124,18 @@ class Processor(threading.Thread):
                     self._silence(msg)
                 else:
                     valid.append(decode_reading(msg.topic, msg.payload, msg.received_ns, limits))
+                    valid_msgs.append(msg)
             except Rejected as rej:
                 self._dead_letter(msg, rej, lines, scorer.version, now)
+        # The first lines of _score are the readings' own, in order: remember which
+        # message each encodes, so a point InfluxDB refuses is dead-lettered.
+        origins = {
+            len(lines) + i: (m.topic, m.payload, m.received_ns) for i, m in enumerate(valid_msgs)
+        }
         if valid:
             lines += self._score(valid, scorer, now)
         self._writer.submit(
-            WriteBatch(lines, [(m.client, m.mid, m.qos) for m in batch], len(valid))
+            WriteBatch(lines, [(m.client, m.mid, m.qos) for m in batch], len(valid), origins)
         )
 
     def _score(self, readings: list[Reading], scorer: Scorer, now: float) -> list[str]:
@@ -137,20 +149,14 @@ class Processor(threading.Thread):
         if n_anomalies:
             self._metrics.anomalies.inc(n_anomalies)
         version = scorer.version
-        # Other fields, pre-formatted for the line protocol (see ReadingEncoder).
-        gateway_tail = f",gateway={format_field(self._cfg.id)}" if self._cluster else ""
-        encode = self._encoder.encode_reading
-        lines = []
-        for reading, score, is_anomaly in zip(readings, decided.scores, decided.flags, strict=True):
-            seq_tail = "" if reading.seq is None else f",seq={reading.seq}i"
-            if not math.isnan(score):  # NaN: warming up or out of order
-                flag = "true" if is_anomaly else "false"
-                tail = f",score={score!r},is_anomaly={flag}{seq_tail}{gateway_tail}"
-            else:
-                tail = f",warming_up=true{seq_tail}{gateway_tail}"
-            lines.append(
-                encode(reading.line, reading.device, version, reading.values, tail, reading.ts_ns)
+        gateway_tail = self._encoder.gateway_tail(self._cfg.id) if self._cluster else ""
+        encode = self._encoder.scored
+        lines = [
+            encode(reading, version, score, is_anomaly, gateway_tail)
+            for reading, score, is_anomaly in zip(
+                readings, decided.scores, decided.flags, strict=True
             )
+        ]
         for alert in decided.alerts:
             self._notify(readings[alert.at], alert, scorer)
         for _, tr in decided.faults:
@@ -223,15 +229,12 @@ class Processor(threading.Thread):
         try:
             line, device = parse_reading_topic(msg.topic)
         except TopicError:
-            line, device = UNKNOWN, UNKNOWN
+            pass
         else:
             for tr in self._detection.rejected(
                 line, device, rej.reason, rej.detail, msg.received_ns, now
             ):
                 lines.append(self._notifier.sensor_fault(tr, version))
-        payload = deadletter_payload(
+        self._dead_letters.send(
             msg.topic, msg.payload, rej.reason, rej.detail, rej.field, msg.received_ns
         )
-        self._publish(deadletter_topic(line, device), payload, False)
-        self._metrics.count_rejected(rej.reason)
-        self._ratelog.warning(rej.reason, "rejected message on %s: %s", msg.topic[:128], rej.detail)

@@ -2,7 +2,10 @@
 
 A sink takes a batch of line-protocol lines and either stores them or raises
 :class:`WriteError`.  ``retryable`` tells the writer whether trying again can help
-(database down, timeout) or not (malformed points, field type conflicts).
+(database down, hung, timeout) or not: InfluxDB refused the points themselves
+(malformed, field type conflict), possibly after storing the rest of the batch.
+Each write has its own timeout, so a hung InfluxDB is noticed as fast as the caller
+needs (see ``gateway.writer``).
 """
 
 from __future__ import annotations
@@ -25,8 +28,12 @@ class WriteError(RuntimeError):
         self.retryable = retryable
 
 
+# HTTP statuses that mean "these points are refused", not "InfluxDB is unavailable".
+REFUSED_STATUSES = frozenset({400, 413, 422})
+
+
 class Sink(Protocol):
-    def write(self, lines: list[str]) -> None: ...
+    def write(self, lines: list[str], timeout_s: float) -> None: ...
     def close(self) -> None: ...
 
 
@@ -63,10 +70,16 @@ class InfluxV1Sink:
                 retryable=resp.status >= 500,
             )
 
-    def write(self, lines: list[str]) -> None:
+    def write(self, lines: list[str], timeout_s: float) -> None:
         body = "\n".join(lines).encode()
         try:
-            resp = self._http.request("POST", self._write_url, body=body, headers=self._headers)
+            resp = self._http.request(
+                "POST",
+                self._write_url,
+                body=body,
+                headers=self._headers,
+                timeout=urllib3.Timeout(total=timeout_s),
+            )
         except urllib3.exceptions.HTTPError as exc:
             raise WriteError(f"InfluxDB unreachable: {exc}", retryable=True) from None
         if resp.status == 204:
@@ -75,7 +88,8 @@ class InfluxV1Sink:
         # 400 is a bad point or a field type conflict: InfluxDB already stored the
         # good points of the batch, and retrying cannot fix the rest.
         raise WriteError(
-            f"InfluxDB write HTTP {resp.status}: {detail}", retryable=resp.status != 400
+            f"InfluxDB write HTTP {resp.status}: {detail}",
+            retryable=resp.status not in REFUSED_STATUSES,
         )
 
     def close(self) -> None:
@@ -86,8 +100,7 @@ class InfluxV2Sink:
     """InfluxDB 2.x/3.x/Cloud (and line-protocol compatible servers) via influxdb-client."""
 
     def __init__(self, cfg: InfluxConfig):
-        from influxdb_client import InfluxDBClient
-        from influxdb_client.client.write_api import SYNCHRONOUS
+        from influxdb_client import InfluxDBClient, WriteService
 
         token = read_secret(cfg.token, cfg.token_file, "influx.token")
         self._cfg = cfg
@@ -98,31 +111,33 @@ class InfluxV2Sink:
             timeout=int(cfg.timeout_s * 1000),
             enable_gzip=False,
         )
-        # We batch ourselves; the synchronous API surfaces every error to the writer.
-        self._api = self._client.write_api(write_options=SYNCHRONOUS)
+        # We batch ourselves, so the client's write service is called directly: it is
+        # synchronous, surfaces every error, and takes a timeout per request (the
+        # client's WriteApi does not).
+        self._service = WriteService(self._client.api_client)
 
-    def write(self, lines: list[str]) -> None:
-        from influxdb_client.client.write_api import WritePrecision
+    def write(self, lines: list[str], timeout_s: float) -> None:
         from influxdb_client.rest import ApiException
 
         try:
-            self._api.write(
-                bucket=self._cfg.bucket,
+            self._service.post_write(
                 org=self._cfg.org or "-",
-                record="\n".join(lines),
-                write_precision=WritePrecision.NS,
+                bucket=self._cfg.bucket,
+                body="\n".join(lines).encode(),
+                precision="ns",
+                content_type="text/plain; charset=utf-8",
+                _request_timeout=timeout_s * 1000,  # milliseconds, as the client's own
             )
         except ApiException as exc:
             status = exc.status or 0
             raise WriteError(
                 f"InfluxDB v2 write HTTP {status}: {str(exc.body)[:300]}",
-                retryable=status not in (400, 422),
+                retryable=status not in REFUSED_STATUSES,
             ) from None
         except Exception as exc:  # urllib3 / socket errors surface as various types
             raise WriteError(f"InfluxDB v2 unreachable: {exc}", retryable=True) from None
 
     def close(self) -> None:
-        self._api.close()
         self._client.close()
 
 

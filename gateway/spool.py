@@ -1,7 +1,9 @@
 """A bounded on-disk spool (SQLite) for points InfluxDB could not take.
 
 While InfluxDB is unreachable the writer appends each batch here, commits it (the
-batch is now durable), and only then acknowledges the MQTT messages.  When InfluxDB
+batch is now durable), and only then acknowledges the MQTT messages.  Each batch
+keeps the messages its readings came from, so a point InfluxDB refuses when the
+spool drains is still dead-lettered.  When InfluxDB
 answers again the spool drains oldest first, with the readings' original
 timestamps, so re-written points land exactly where they would have.
 
@@ -22,14 +24,32 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import orjson
+
+from gateway.store import Origin, Points
+
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
 class SpooledBatch:
     id: int
-    lines: list[str]
-    readings: int
+    points: Points
+
+
+def _pack_origins(origins: dict[int, Origin]) -> bytes | None:
+    if not origins:
+        return None
+    # A valid reading's payload is UTF-8 JSON (the contract parsed it).
+    rows = [(i, t, body.decode("utf-8", "replace"), ns) for i, (t, body, ns) in origins.items()]
+    return zlib.compress(orjson.dumps(rows), 1)
+
+
+def _unpack_origins(blob: bytes | None) -> dict[int, Origin]:
+    if not blob:
+        return {}
+    rows = orjson.loads(zlib.decompress(blob))
+    return {i: (topic, body.encode(), ns) for i, topic, body, ns in rows}
 
 
 class Spool:
@@ -50,10 +70,15 @@ class Spool:
             " created_ns INTEGER NOT NULL,"
             " points INTEGER NOT NULL,"
             " readings INTEGER NOT NULL,"
-            " body BLOB NOT NULL)"
+            " body BLOB NOT NULL,"
+            " origins BLOB)"
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(batches)")}
+        if "origins" not in columns:  # a spool written by an older gateway
+            self._db.execute("ALTER TABLE batches ADD COLUMN origins BLOB")
         row = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(points), 0), COALESCE(SUM(LENGTH(body)), 0) FROM batches"
+            "SELECT COUNT(*), COALESCE(SUM(points), 0),"
+            " COALESCE(SUM(LENGTH(body) + COALESCE(LENGTH(origins), 0)), 0) FROM batches"
         ).fetchone()
         self.batches, self.points, self.bytes = int(row[0]), int(row[1]), int(row[2])
         if self.batches:
@@ -67,33 +92,38 @@ class Spool:
     def empty(self) -> bool:
         return self.batches == 0
 
-    def append(self, lines: list[str], readings: int) -> bool:
-        """Store one batch durably; False if it does not fit (nothing stored)."""
-        body = zlib.compress("\n".join(lines).encode(), 1)
+    def append(self, points: Points) -> bool:
+        """Store one batch durably, with the messages its readings came from (so a point
+        InfluxDB later refuses is dead-lettered); False if it does not fit."""
+        body = zlib.compress("\n".join(points.lines).encode(), 1)
+        origins = _pack_origins(points.origins)
+        size = len(body) + len(origins or b"")
         with self._lock:
-            if self.bytes + len(body) > self._max_bytes:
+            if self.bytes + size > self._max_bytes:
                 return False
             self._db.execute(
-                "INSERT INTO batches (created_ns, points, readings, body) VALUES (?, ?, ?, ?)",
-                (time.time_ns(), len(lines), readings, body),
+                "INSERT INTO batches (created_ns, points, readings, body, origins)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (time.time_ns(), len(points.lines), points.readings, body, origins),
             )
             self.batches += 1
-            self.points += len(lines)
-            self.bytes += len(body)
+            self.points += len(points.lines)
+            self.bytes += size
         return True
 
     def oldest(self, max_points: int) -> list[SpooledBatch]:
         """The oldest batches, up to about ``max_points`` points (at least one batch)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, points, readings, body FROM batches ORDER BY id LIMIT 64"
+                "SELECT id, points, readings, body, origins FROM batches ORDER BY id LIMIT 64"
             ).fetchall()
         out: list[SpooledBatch] = []
         total = 0
-        for batch_id, points, readings, body in rows:
+        for batch_id, points, readings, body, origins in rows:
             if out and total + points > max_points:
                 break
-            out.append(SpooledBatch(batch_id, zlib.decompress(body).decode().split("\n"), readings))
+            lines = zlib.decompress(body).decode().split("\n")
+            out.append(SpooledBatch(batch_id, Points(lines, _unpack_origins(origins), readings)))
             total += points
         return out
 
@@ -106,8 +136,9 @@ class Spool:
             return
         marks = ",".join("?" * len(ids))
         row = self._db.execute(
-            f"SELECT COUNT(*), COALESCE(SUM(points), 0), COALESCE(SUM(LENGTH(body)), 0) "
-            f"FROM batches WHERE id IN ({marks})",
+            f"SELECT COUNT(*), COALESCE(SUM(points), 0),"
+            f" COALESCE(SUM(LENGTH(body) + COALESCE(LENGTH(origins), 0)), 0)"
+            f" FROM batches WHERE id IN ({marks})",
             ids,
         ).fetchone()
         self._db.execute(f"DELETE FROM batches WHERE id IN ({marks})", ids)

@@ -1,13 +1,19 @@
-"""The InfluxDB writer thread: large line-protocol batches, retries, late acks.
+"""The InfluxDB writer thread: large line-protocol batches, a quick spool, late acks.
 
 Scored batches arrive on a bounded queue (full queue = back-pressure on scoring).
 The writer merges them into writes of up to ``batch_max_points`` points or
 ``flush_interval_ms``, whichever comes first, and acknowledges the MQTT messages of
-a batch only after InfluxDB accepted it.  While InfluxDB is down it retries with
-capped exponential backoff.  With a spool configured (the default) a batch that
-InfluxDB cannot take goes to the on-disk spool instead and is acknowledged once
-committed there; without one, nothing is acknowledged until InfluxDB takes it, so
-the broker keeps the readings and flow control stops the intake.
+a batch only once every point is settled: stored, spooled, or (refused by InfluxDB)
+dead-lettered (see ``gateway.store``).
+
+With a spool (the default), InfluxDB gets ``spool_after_s`` (1 s) to answer a
+write; a batch it does not take in that time, because it is down *or* hung (accepts
+connections, never answers), goes to the on-disk spool and is acknowledged once
+committed there.  While the spool holds anything, new batches queue behind it, and
+the :class:`~gateway.drainer.Drainer` thread writes them to InfluxDB oldest first,
+with the full ``timeout_s``.  So the intake never waits behind a slow InfluxDB.
+Without a spool nothing is acknowledged until InfluxDB takes it: the broker keeps
+the readings, and the gateway's flow-control bound stops the intake.
 """
 
 from __future__ import annotations
@@ -17,14 +23,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from common.logs import RateLimitedLog
 from gateway.config import InfluxConfig
 from gateway.metrics import GatewayMetrics
-from gateway.sinks import Sink, WriteError
+from gateway.sinks import WriteError
 from gateway.spool import Spool
+from gateway.store import Origin, Points, Store
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +43,14 @@ class WriteBatch:
     # acknowledgements go out in the order the messages arrived.
     acks: list[tuple[Any, int, int]]
     readings: int = 0
+    # Line index -> the reading message it encodes, for dead-lettering a refused point.
+    origins: dict[int, Origin] = field(default_factory=dict)
 
 
 class Writer(threading.Thread):
     def __init__(
         self,
-        sink: Sink,
+        store: Store,
         cfg: InfluxConfig,
         metrics: GatewayMetrics,
         ack: Callable[[list[tuple[Any, int, int]]], None],
@@ -49,9 +58,11 @@ class Writer(threading.Thread):
         health_point: Callable[[], str] | None = None,
         health_interval_s: float = 0.0,
         spool: Spool | None = None,
+        on_settled: Callable[[], None] | None = None,
+        on_spooled: Callable[[], None] | None = None,
     ):
         super().__init__(name="influx-writer", daemon=True)
-        self._sink = sink
+        self._store = store
         self._cfg = cfg
         self._metrics = metrics
         self._ack = ack
@@ -64,10 +75,12 @@ class Writer(threading.Thread):
         self.unacked = 0
         self._unacked_lock = threading.Lock()
         self._spool = spool
+        # Called after each acknowledgement: the intake may take more messages.
+        self._on_settled = on_settled
+        # Called when the spool gets a batch (wakes the drainer).
+        self._on_spooled = on_spooled
         # Updated every loop and every retry wait: the watchdog's proof of life.
         self.heartbeat = time.monotonic()
-        self._next_drain = 0.0
-        self._drain_delay = cfg.retry_min_s
 
     def submit(self, batch: WriteBatch) -> None:
         with self._unacked_lock:
@@ -120,92 +133,60 @@ class Writer(threading.Thread):
         while True:
             self.heartbeat = time.monotonic()
             batches = self._collect()
-            lines = [ln for b in batches for ln in b.lines]
+            points = Points.merge([Points(b.lines, b.origins, b.readings) for b in batches or []])
             if self._health_point and self._health_interval and time.monotonic() >= next_health:
-                lines.append(self._health_point())
+                points.lines.append(self._health_point())
                 next_health = time.monotonic() + self._health_interval
-            readings = sum(b.readings for b in batches)
-            if lines and not self._store(lines, readings):
+            if points.lines and not self._settle(points):
                 return  # abandoned at shutdown: nothing acked, the broker redelivers
             for b in batches:
                 self._ack(b.acks)
                 with self._unacked_lock:
                     self.unacked -= len(b.acks)
-            if self._spool is not None and not self._spool.empty:
-                self._maybe_drain()
+            if batches and self._on_settled is not None:
+                self._on_settled()
             if self._stopping.is_set() and self._queue.empty() and not batches:
                 return
 
-    def _store(self, lines: list[str], readings: int) -> bool:
+    def _settle(self, points: Points) -> bool:
         """Make a batch durable: InfluxDB, else the spool, else wait (no ack)."""
         if self._spool is None:
-            return self._write_retrying(lines, readings)
+            return self._write_retrying(points)
         # While the spool holds anything, new batches queue behind it so that
         # InfluxDB receives everything in order.
-        if self._spool.empty and self._try_write(lines, readings):
-            return True
+        if self._spool.empty:
+            try:
+                self._store.write(points, self._cfg.spool_after_s)
+                return True
+            except WriteError as exc:
+                self._ratelog.warning("write", "%s; spooling", exc)
         delay = self._cfg.retry_min_s
-        while not self._spool.append(lines, readings):
+        while not self._spool.append(points):
             self._metrics.count_spool_full()
             self._ratelog.warning(
                 "spool-full",
                 "spool full (%d bytes); not acknowledging until InfluxDB drains it",
                 self._spool.bytes,
             )
-            self._maybe_drain(force=True)
             self.heartbeat = time.monotonic()
             if self._abandon.wait(delay):
                 return False
             delay = min(delay * 2, self._cfg.retry_max_s)
-        self._metrics.count_spooled(len(lines), self._spool)
+        self._metrics.count_spooled(len(points.lines), self._spool)
+        if self._on_spooled is not None:
+            self._on_spooled()
         return True
 
-    def _maybe_drain(self, force: bool = False) -> None:
-        assert self._spool is not None
-        now = time.monotonic()
-        if not force and now < self._next_drain:
-            return
-        expired = self._spool.expire()
-        if expired:
-            log.error("spool: dropped %d points older than the spool's age limit", expired)
-            self._metrics.count_spool_expired(expired, self._spool)
-        # Drain for a bounded time so fresh batches keep being taken from the queue.
-        deadline = now + 1.0
-        while not self._spool.empty and time.monotonic() < deadline:
-            batches = self._spool.oldest(self._cfg.batch_max_points)
-            lines = [ln for b in batches for ln in b.lines]
-            if not self._try_write(lines, sum(b.readings for b in batches)):
-                self._next_drain = time.monotonic() + self._drain_delay
-                self._drain_delay = min(self._drain_delay * 2, self._cfg.retry_max_s)
-                return
-            self._spool.delete(batches)
-            self._metrics.count_drained(len(lines), self._spool)
-        self._drain_delay = self._cfg.retry_min_s
-        if self._spool.empty:
-            log.info("spool drained; writing to InfluxDB directly again")
-
-    def _try_write(self, lines: list[str], readings: int) -> bool:
-        """One write attempt. True when done (stored, or refused for good)."""
-        started = time.perf_counter()
-        try:
-            self._sink.write(lines)
-        except WriteError as exc:
-            self._metrics.count_write_error(exc.retryable)
-            if not exc.retryable:
-                log.error("InfluxDB refused points (not retried): %s", exc)
-                self._metrics.count_points_dropped(len(lines))
-                return True
-            self._ratelog.warning("write", "%s", exc)
-            return False
-        self._metrics.observe_write(len(lines), readings, time.perf_counter() - started)
-        return True
-
-    def _write_retrying(self, lines: list[str], readings: int) -> bool:
+    def _write_retrying(self, points: Points) -> bool:
         """Without a spool: retry until written; False only when abandoned at shutdown."""
         delay = self._cfg.retry_min_s
-        while not self._try_write(lines, readings):
+        while True:
+            try:
+                self._store.write(points, self._cfg.timeout_s)
+                return True
+            except WriteError as exc:
+                self._ratelog.warning("write", "%s", exc)
             self.heartbeat = time.monotonic()
             if self._abandon.wait(delay):
                 return False
             delay = min(delay * 2, self._cfg.retry_max_s)
-        return True

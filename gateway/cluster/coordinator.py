@@ -26,7 +26,7 @@ import logging
 import threading
 import time
 
-from common.mqtt import MqttSettings
+from common.mqtt import MqttSettings, ReceiveGate
 from gateway.cluster.assignment import owned_partitions, owner
 from gateway.cluster.broker_version import VERSION_TOPIC, stall_warning
 from gateway.cluster.sessions import ConsumerSession, RoutingSession, ready_topic
@@ -52,7 +52,9 @@ class Coordinator:
         gateway_id: str,
         inbox: Inbox[Message],
         metrics: GatewayMetrics,
+        gate: ReceiveGate | None = None,
     ):
+        self._gate = gate
         self._cfg = cfg
         self._settings = mqtt_settings
         self._me = gateway_id
@@ -152,7 +154,7 @@ class Coordinator:
         for p in sorted(want - set(self._partitions)):
             if self._backoff_until.get(p, 0) > now:
                 continue
-            session = ConsumerSession(self._settings, self._cfg.group, p, self._inbox)
+            session = ConsumerSession(self._settings, self._cfg.group, p, self._inbox, self._gate)
             session.start()
             self._partitions[p] = session
         self._metrics.partitions_owned.set(len(self._partitions))

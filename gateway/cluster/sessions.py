@@ -23,7 +23,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from common.mqtt import MqttSettings, disable_nagle, make_client, start
+from common.mqtt import MqttSettings, ReceiveGate, disable_nagle, make_client, start
 from gateway.cluster.assignment import partition_of
 from gateway.inbox import Inbox
 from gateway.intake import Message
@@ -97,10 +97,18 @@ class _Session:
 class ConsumerSession(_Session):
     """One partition's persistent session, feeding the scoring inbox."""
 
-    def __init__(self, settings: MqttSettings, group: str, partition: int, inbox: Inbox[Message]):
+    def __init__(
+        self,
+        settings: MqttSettings,
+        group: str,
+        partition: int,
+        inbox: Inbox[Message],
+        gate: ReceiveGate | None = None,
+    ):
         super().__init__(
             settings, f"{group}-part-{partition}", (f"{PARTITION_ROOT}/{partition}/+/+",)
         )
+        self.client.receive_gate = gate  # the gateway's memory bound covers every session
         self.partition = partition
         self._inbox = inbox
         self._ready_topic = ready_topic(group, partition)
