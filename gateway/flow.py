@@ -24,8 +24,7 @@ class HeldLimit:
         self.limit = limit
         self._held = held
         self._room = threading.Event()
-        # Most readings held at any time: each read is allowed at held < limit, so
-        # held + 1 bounds what that read can make it.
+        # Most readings held at any time since start, as seen after each message taken.
         self.peak = 0
 
     @property
@@ -44,12 +43,12 @@ class HeldLimit:
         return self._allows()
 
     def _allows(self) -> bool:
+        return self._held() < self.limit
+
+    def taken(self) -> None:
+        """A message was taken into the inbox: note the high-water mark."""
         held = self._held()
-        if held >= self.limit:
-            return False
-        if held >= self.peak:
-            self.peak = held + 1
-        return True
+        self.peak = max(self.peak, held)
 
     def settled(self) -> None:
         """Readings were acknowledged: wake a paused reader."""

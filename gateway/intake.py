@@ -18,9 +18,10 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from common.mqtt import Client, MqttSettings, ReceiveGate, disable_nagle, make_client, start
+from common.mqtt import Client, MqttSettings, disable_nagle, make_client, start
 from contract import status_topic
 from contract.payloads import OFFLINE, ONLINE
+from gateway.flow import HeldLimit
 from gateway.inbox import Inbox
 from gateway.metrics import GatewayMetrics
 
@@ -65,7 +66,7 @@ class MqttIntake:
         subscriptions: tuple[str, ...],
         inbox: Inbox[Message],
         metrics: GatewayMetrics,
-        gate: ReceiveGate | None = None,
+        gate: HeldLimit | None = None,
     ):
         self._settings = settings
         self._subscriptions = subscriptions
@@ -79,6 +80,7 @@ class MqttIntake:
         )
         self._client.manual_ack_set(True)
         self._client.receive_gate = gate
+        self._gate = gate
         self._client.max_queued_messages_set(_MAX_OUTGOING_QUEUED)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
@@ -145,6 +147,8 @@ class MqttIntake:
         # Blocks only if the inbox is full, which flow control (Receive Maximum)
         # prevents for QoS 1; it throttles a QoS 0 flood instead of growing memory.
         self._inbox.put(Message(topic, payload, mid, qos, time.time_ns(), client))
+        if self._gate is not None:
+            self._gate.taken()
 
     def stop_accepting(self) -> None:
         self._accepting = False

@@ -196,3 +196,26 @@ def paho_receives(client_class: type, header: int, body: bytes):
     assert client._handle_publish() == mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
     assert len(got) == 1
     return got[0]
+
+
+def publish_all(
+    port: int, messages: list[tuple[str, bytes]], qos: int = 1, timeout_s: float = 30
+) -> None:
+    """Publish and return once every message is sent (QoS 0) or acknowledged (QoS 1)."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2,
+        client_id=unique("pub"),
+        protocol=mqtt.MQTTv5,
+    )
+    client.max_queued_messages_set(0)
+    client.max_inflight_messages_set(100)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        infos = [client.publish(topic, payload, qos=qos) for topic, payload in messages]
+        for info in infos:
+            info.wait_for_publish(timeout_s)
+            assert info.is_published(), "a reading was not sent"
+    finally:
+        client.disconnect()
+        client.loop_stop()

@@ -26,11 +26,12 @@ import logging
 import threading
 import time
 
-from common.mqtt import MqttSettings, ReceiveGate
+from common.mqtt import MqttSettings
 from gateway.cluster.assignment import owned_partitions, owner
 from gateway.cluster.broker_version import VERSION_TOPIC, stall_warning
 from gateway.cluster.sessions import ConsumerSession, RoutingSession, ready_topic
 from gateway.config import ClusterConfig
+from gateway.flow import HeldLimit
 from gateway.inbox import Inbox
 from gateway.intake import Message
 from gateway.metrics import GatewayMetrics
@@ -52,7 +53,7 @@ class Coordinator:
         gateway_id: str,
         inbox: Inbox[Message],
         metrics: GatewayMetrics,
-        gate: ReceiveGate | None = None,
+        gate: HeldLimit | None = None,
     ):
         self._gate = gate
         self._cfg = cfg

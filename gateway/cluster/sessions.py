@@ -23,8 +23,9 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from common.mqtt import MqttSettings, ReceiveGate, disable_nagle, make_client, start
+from common.mqtt import MqttSettings, disable_nagle, make_client, start
 from gateway.cluster.assignment import partition_of
+from gateway.flow import HeldLimit
 from gateway.inbox import Inbox
 from gateway.intake import Message
 
@@ -103,12 +104,13 @@ class ConsumerSession(_Session):
         group: str,
         partition: int,
         inbox: Inbox[Message],
-        gate: ReceiveGate | None = None,
+        gate: HeldLimit | None = None,
     ):
         super().__init__(
             settings, f"{group}-part-{partition}", (f"{PARTITION_ROOT}/{partition}/+/+",)
         )
         self.client.receive_gate = gate  # the gateway's memory bound covers every session
+        self._gate = gate
         self.partition = partition
         self._inbox = inbox
         self._ready_topic = ready_topic(group, partition)
@@ -128,6 +130,8 @@ class ConsumerSession(_Session):
         parts = msg.topic.split("/", 4)
         topic = f"factory/{parts[3]}/{parts[4]}/reading" if len(parts) == 5 else msg.topic
         self._inbox.put(Message(topic, msg.payload, msg.mid, msg.qos, time.time_ns(), client))
+        if self._gate is not None:
+            self._gate.taken()
 
 
 class RoutingSession(_Session):
