@@ -21,10 +21,19 @@ demand 1e-12):
   drew fewer than all of them;
 * a leaf contributes ``(depth + c(n_node_samples)) - 1`` with the root at depth 1,
   added up tree after tree; ``score = -2 ** -(sum / (n_trees * c(max_samples_)))``.
+
+Version seam: this reads sklearn's private tree internals (``tree_.__getstate__()``
+node records, ``estimators_features_``, ``max_samples_``), which sklearn may change in
+any minor release.  It was tested against the scikit-learn series in
+:data:`TESTED_SKLEARN` (last on 1.9.1), and requirements.txt pins that series.  Whatever the
+version, :func:`compile_forest` checks the compiled scores against the model's own
+``score_samples`` on probe rows and returns None (the caller keeps sklearn's scoring)
+with a logged warning if the internals cannot be read or the scores differ.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +48,22 @@ if TYPE_CHECKING:
     from sklearn.ensemble import IsolationForest
     from sklearn.preprocessing import StandardScaler
 
-__all__ = ["DEFAULT_CHUNK_ROWS", "CompiledForest", "average_path_length", "compile_forest"]
+__all__ = [
+    "DEFAULT_CHUNK_ROWS",
+    "TESTED_SKLEARN",
+    "CompiledForest",
+    "average_path_length",
+    "compile_forest",
+]
+
+_LOG = logging.getLogger(__name__)
+
+# scikit-learn minor series whose internals and arithmetic this module was tested
+# against (tests/test_model_fastforest.py); keep requirements.txt's pin in step.
+TESTED_SKLEARN = ("1.9",)
+# The load-time check: probe rows scored both ways must agree this closely.
+_PROBE_ROWS = 64
+_PROBE_TOLERANCE = 1e-12
 
 _LEAF = -1  # sklearn's TREE_LEAF child index
 # Rows per walk: keeps the (n_trees, rows) temporaries in cache (256 measured fastest).
@@ -104,8 +128,10 @@ def _split_model(model: object) -> tuple[StandardScaler | None, IsolationForest]
 def compile_forest(model: object) -> CompiledForest | None:
     """Compile a fitted ``IsolationForest`` or ``Pipeline([StandardScaler, IsolationForest])``.
 
-    Returns None for any other model (the caller keeps using sklearn).  Raises
-    ValueError if the model has the right shape but is not fitted.
+    Returns None for any other model, and also (with a logged warning) when this
+    scikit-learn's internals cannot be read or the compiled forest scores probe rows
+    differently from ``model.score_samples``: the caller then keeps using sklearn.
+    Raises ValueError if the model has the right shape but is not fitted.
     """
     parts = _split_model(model)
     if parts is None:
@@ -115,7 +141,60 @@ def compile_forest(model: object) -> CompiledForest | None:
         raise ValueError("the IsolationForest is not fitted")
     if scaler is not None and not hasattr(scaler, "n_features_in_"):
         raise ValueError("the StandardScaler is not fitted")
-    return CompiledForest.from_fitted(scaler, forest)
+    import sklearn
+
+    version = sklearn.__version__
+    if ".".join(version.split(".")[:2]) not in TESTED_SKLEARN:
+        _LOG.warning(
+            "scikit-learn %s is not a series model.fastforest was tested with (%s); "
+            "checking the compiled forest against sklearn",
+            version,
+            ", ".join(TESTED_SKLEARN),
+        )
+    try:
+        compiled = CompiledForest.from_fitted(scaler, forest)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as exc:
+        _LOG.warning(
+            "cannot compile the forest with scikit-learn %s (%r); scoring through sklearn",
+            version,
+            exc,
+        )
+        return None
+    try:
+        probe = _probe_rows(compiled)
+        gap = float(np.max(np.abs(compiled.score_samples(probe) - model.score_samples(probe))))
+    except Exception as exc:  # sklearn itself cannot score: its own scoring will say why
+        _LOG.warning("cannot check the compiled forest (%r); scoring through sklearn", exc)
+        return None
+    if not gap <= _PROBE_TOLERANCE:  # also catches NaN
+        _LOG.warning(
+            "compiled forest differs from scikit-learn %s by %g; scoring through sklearn",
+            version,
+            gap,
+        )
+        return None
+    return compiled
+
+
+def _probe_rows(forest: CompiledForest) -> np.ndarray:
+    """Rows spread over and beyond each column's split thresholds, in input units.
+
+    Drawn from the thresholds rather than a fixed range so that a bare forest on raw
+    units is probed where its splits are; a fixed seed makes every load check alike.
+    """
+    rng = np.random.default_rng(0)
+    inner = forest.left != np.arange(forest.left.shape[0])  # leaves point at themselves
+    Z = np.empty((_PROBE_ROWS, forest.n_features))
+    for col in range(forest.n_features):
+        cuts = forest.threshold[inner & (forest.column == col)]
+        low, high = (float(cuts.min()), float(cuts.max())) if cuts.size else (-1.0, 1.0)
+        margin = max(high - low, 1.0)
+        Z[:, col] = rng.uniform(low - margin, high + margin, _PROBE_ROWS)
+    if forest.scale is not None:
+        Z *= forest.scale
+    if forest.mean is not None:
+        Z += forest.mean
+    return Z
 
 
 @dataclass(frozen=True, eq=False)

@@ -7,85 +7,115 @@ broker) and N stored (distinct points in InfluxDB).
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
 from devstack.influxdb import InfluxDB
 from devstack.mosquitto import Mosquitto
 from devstack.process import free_port, wait_until
-from tests.conftest import TEST_DB, GatewayProcess
+from tests.conftest import TEST_DB
 from tests.helpers import Stream, count_points, unique, wait_for_points
 
 pytestmark = pytest.mark.integration
 
 
+# These override conftest's session services for this module (its tests stop them),
+# so conftest's start_gateway runs each test's gateways against them and stops those
+# gateways in its teardown, before these services stop.
 @pytest.fixture
-def broker(tmp_path):
+def mosquitto(tmp_path):
     b = Mosquitto(tmp_path / "mosquitto", free_port()).start()
     yield b
     b.stop()
 
 
 @pytest.fixture
-def influx(tmp_path):
+def influxdb(tmp_path):
     db = InfluxDB(tmp_path / "influxdb", free_port()).start()
     db.create_database(TEST_DB)
     yield db
     db.stop()
 
 
-def stored(influx: InfluxDB, prefix: str) -> int:
-    return count_points(influx.url, TEST_DB, f"device=~/^{prefix}/")
+@pytest.fixture
+def start_stream(mosquitto):
+    """Starts simulator streams; any still running at teardown (a failed test) is
+    terminated, so none outlives the broker it publishes to."""
+    started: list[Stream] = []
+
+    def _start(prefix: str, **kwargs) -> Stream:
+        stream = Stream(mosquitto.port, prefix, **kwargs)
+        started.append(stream)
+        return stream
+
+    yield _start
+    for stream in started:
+        if stream.proc.poll() is None:
+            stream.proc.terminate()
+            try:
+                stream.proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                stream.proc.kill()
+                stream.proc.communicate()
 
 
-def test_broker_restart_mid_stream_loses_nothing(tmp_path, broker, influx, models_dir):
-    gw = GatewayProcess(tmp_path, broker, influx.url, models_dir).start()
+def stored(influxdb: InfluxDB, prefix: str) -> int:
+    return count_points(influxdb.url, TEST_DB, f"device=~/^{prefix}/")
+
+
+def test_broker_restart_mid_stream_loses_nothing(mosquitto, influxdb, start_gateway, start_stream):
+    start_gateway()
     prefix = unique("brk")
-    stream = Stream(broker.port, prefix)
-    wait_until(lambda: stored(influx, prefix) > 200, 30, "readings flowing", interval_s=0.1)
-    broker.restart()  # graceful stop: mosquitto persists queued QoS 1 messages
+    stream = start_stream(prefix)
+    wait_until(lambda: stored(influxdb, prefix) > 200, 30, "readings flowing", interval_s=0.1)
+    mosquitto.restart()  # graceful stop: mosquitto persists queued QoS 1 messages
     published = stream.finish()
-    assert wait_for_points(influx.url, TEST_DB, f"device=~/^{prefix}/", published, 60) == published
-    assert stored(influx, prefix) == published  # exactly once per series/timestamp
-    print(f"broker restart: published {published}, stored {stored(influx, prefix)}")
-    gw.stop()
+    assert (
+        wait_for_points(influxdb.url, TEST_DB, f"device=~/^{prefix}/", published, 60) == published
+    )
+    assert stored(influxdb, prefix) == published  # exactly once per series/timestamp
+    print(f"broker restart: published {published}, stored {stored(influxdb, prefix)}")
 
 
-def test_influxdb_outage_spools_and_drains(tmp_path, broker, influx, models_dir):
-    gw = GatewayProcess(tmp_path, broker, influx.url, models_dir).start()
+def test_influxdb_outage_spools_and_drains(influxdb, start_gateway, start_stream):
+    gw = start_gateway()
     prefix = unique("infl")
-    stream = Stream(broker.port, prefix, duration_s=8.0)
-    wait_until(lambda: stored(influx, prefix) > 200, 30, "readings flowing", interval_s=0.1)
-    influx.stop()
+    stream = start_stream(prefix, duration_s=8.0)
+    wait_until(lambda: stored(influxdb, prefix) > 200, 30, "readings flowing", interval_s=0.1)
+    influxdb.stop()
     wait_until(
         lambda: gw.metric("gateway_spool_points") > 500, 30, "readings to spool", interval_s=0.1
     )
     spooled_peak = gw.metric("gateway_spool_points")
     published = stream.finish()
-    influx.start()
-    assert wait_for_points(influx.url, TEST_DB, f"device=~/^{prefix}/", published, 60) == published
+    influxdb.start()
+    assert (
+        wait_for_points(influxdb.url, TEST_DB, f"device=~/^{prefix}/", published, 60) == published
+    )
     wait_until(lambda: gw.metric("gateway_spool_points") == 0, 30, "spool drained")
-    assert stored(influx, prefix) == published
+    assert stored(influxdb, prefix) == published
     assert gw.metric("gateway_spool_drained_points_total") >= spooled_peak
     print(
         f"influx outage: published {published}, spooled peak {spooled_peak:.0f}, "
-        f"stored {stored(influx, prefix)}"
+        f"stored {stored(influxdb, prefix)}"
     )
-    gw.stop()
 
 
-def test_gateway_sigkill_and_restart_loses_nothing(tmp_path, broker, influx, models_dir):
-    gw = GatewayProcess(tmp_path, broker, influx.url, models_dir).start()
+def test_gateway_sigkill_and_restart_loses_nothing(influxdb, start_gateway, start_stream):
+    gw = start_gateway()
     prefix = unique("kill")
-    stream = Stream(broker.port, prefix, duration_s=8.0)
-    wait_until(lambda: stored(influx, prefix) > 200, 30, "readings flowing", interval_s=0.1)
+    stream = start_stream(prefix, duration_s=8.0)
+    wait_until(lambda: stored(influxdb, prefix) > 200, 30, "readings flowing", interval_s=0.1)
     gw.process.kill()  # no flush, no offline status: the last will says offline
-    before = stored(influx, prefix)
+    before = stored(influxdb, prefix)
     gw.restart()  # same id: resumes the persistent session, gets what was not acked
     published = stream.finish()
-    assert wait_for_points(influx.url, TEST_DB, f"device=~/^{prefix}/", published, 60) == published
-    assert stored(influx, prefix) == published
+    assert (
+        wait_for_points(influxdb.url, TEST_DB, f"device=~/^{prefix}/", published, 60) == published
+    )
+    assert stored(influxdb, prefix) == published
     print(
         f"SIGKILL: published {published}, stored before kill {before}, "
-        f"stored {stored(influx, prefix)}"
+        f"stored {stored(influxdb, prefix)}"
     )
-    gw.stop()

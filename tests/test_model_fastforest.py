@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+import sklearn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -17,11 +18,12 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
 
 from model import detectors
-from model.artifact import save_artifact
+from model.artifact import COMPILED_FILE, resolve, save_artifact
 from model.dataset import Dataset
 from model.detectors import build_detector, compiled_raw_scores, raw_scores
 from model.fastforest import (
     SMALL_BATCH_ROWS,
+    TESTED_SKLEARN,
     CompiledForest,
     average_path_length,
     compile_forest,
@@ -30,6 +32,7 @@ from model.scorer import load_scorer
 from model.training import train
 from sensors.dataset_writer import VALUE_COLUMNS
 from sensors.simulator import Simulator
+from tests.helpers import ROOT
 
 TOL = 1e-12  # the brief: identical to sklearn within 1e-12 (in practice bit-identical)
 # sklearn warns when it casts values beyond float32 range to inf; so do we expect it to.
@@ -364,3 +367,117 @@ def test_loaded_scorer_scores_through_the_compiled_forest(tmp_path, sim_X):
     if envelope is not None:
         expected = expected + envelope.penalty(Q)
     assert_same(scorer.raw_score(Q), expected)
+
+
+# -- the scikit-learn version seam: compile_forest checks itself against sklearn -----
+
+
+def test_installed_sklearn_and_the_pin_are_the_tested_series():
+    """Upgrading sklearn is a decision: re-run this file on the new series, then add it."""
+    assert ".".join(sklearn.__version__.split(".")[:2]) in TESTED_SKLEARN
+    pin = next(
+        line.split("#")[0].strip()
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if line.startswith("scikit-learn")
+    )
+    major, minor = TESTED_SKLEARN[-1].split(".")
+    assert pin == f"scikit-learn>={TESTED_SKLEARN[0]},<{major}.{int(minor) + 1}"
+
+
+@pytest.fixture
+def untested_sklearn(monkeypatch, caplog):
+    monkeypatch.setattr(sklearn, "__version__", "1.10.0")
+    caplog.set_level(logging.WARNING, logger="model.fastforest")
+    return caplog
+
+
+@pytest.fixture(scope="module")
+def small_pipeline(sim_X) -> Pipeline:
+    return build_detector("isolation_forest", 0, n_estimators=20).fit(sim_X)
+
+
+def test_an_untested_sklearn_that_agrees_is_compiled_with_a_warning(
+    small_pipeline, sim_X, untested_sklearn
+):
+    forest = compile_forest(small_pipeline)
+    assert "scikit-learn 1.10.0 is not a series" in untested_sklearn.text
+    assert "scoring through sklearn" not in untested_sklearn.text
+    assert_same(
+        forest.score_samples(query_rows(sim_X, 50, seed=9)),
+        small_pipeline.score_samples(query_rows(sim_X, 50, seed=9)),
+    )
+
+
+def scored_differently(pipeline: Pipeline) -> Pipeline:
+    """A copy whose sklearn scoring no longer matches its tree internals, as if a
+    release changed how leaves are valued (sklearn caches them per tree at fit)."""
+    broken = copy.deepcopy(pipeline)
+    forest = broken.named_steps["detector"]
+    first, *rest = forest._average_path_length_per_tree
+    forest._average_path_length_per_tree = (first + 0.5, *rest)
+    return broken
+
+
+class _TreeWithoutMissingGoToLeft:
+    """A tree whose node records lack ``missing_go_to_left`` (as before sklearn 1.3)."""
+
+    def __init__(self, tree):
+        self._tree = tree
+
+    def __getattr__(self, name):
+        return getattr(self._tree, name)
+
+    def __getstate__(self):
+        state = self._tree.__getstate__()
+        nodes = state["nodes"]
+        kept = [name for name in nodes.dtype.names if name != "missing_go_to_left"]
+        return {**state, "nodes": nodes[kept]}
+
+
+def without_missing_go_to_left(pipeline: Pipeline) -> Pipeline:
+    broken = copy.deepcopy(pipeline)
+    for est in broken.named_steps["detector"].estimators_:
+        est.tree_ = _TreeWithoutMissingGoToLeft(est.tree_)
+    return broken
+
+
+@pytest.mark.parametrize(
+    ("breaking", "message"),
+    [
+        (scored_differently, "compiled forest differs from scikit-learn 1.10.0"),
+        (without_missing_go_to_left, "cannot compile the forest with scikit-learn 1.10.0"),
+    ],
+    ids=["scores-differ", "internals-missing"],
+)
+def test_an_untested_sklearn_that_disagrees_scores_through_sklearn(
+    small_pipeline, sim_X, untested_sklearn, breaking, message
+):
+    broken = breaking(small_pipeline)
+    Q = query_rows(sim_X, 50, seed=10)
+    assert compile_forest(broken) is None
+    assert message in untested_sklearn.text
+    assert "scoring through sklearn" in untested_sklearn.text
+    # The sklearn model still scores, and the caller scores with it.
+    score = compiled_raw_scores(broken)
+    assert not isinstance(getattr(score, "__self__", None), CompiledForest)
+    np.testing.assert_array_equal(score(Q), raw_scores(broken, Q))
+
+
+def test_a_disagreeing_forest_is_not_saved_for_serving(tmp_path, sim_X, untested_sklearn):
+    """Serving loads the saved arrays without sklearn: they must never be written
+    unchecked, so such a model is served from its pickle."""
+    rng = np.random.default_rng(11)
+    X = sim_X[rng.permutation(len(sim_X))[:1500]]
+    dataset = Dataset(X=X, y=None, faults=None, ts=None, feature_names=VALUE_COLUMNS)
+    pipeline, metadata = train(dataset, random_state=3)
+    broken = scored_differently(pipeline)
+    save_artifact(tmp_path / "models", broken, metadata)
+    assert not (resolve(tmp_path / "models") / COMPILED_FILE).exists()
+    assert "differs from scikit-learn" in untested_sklearn.text
+    scorer = load_scorer(tmp_path / "models")
+    Q = query_rows(sim_X, 64, seed=12)
+    expected = raw_scores(broken, Q)
+    envelope = getattr(scorer, "envelope", None)
+    if envelope is not None:
+        expected = expected + envelope.penalty(Q)
+    np.testing.assert_array_equal(scorer.raw_score(Q), expected)
