@@ -1,7 +1,14 @@
-"""MQTT session settings and a paho-mqtt 2.x client factory used by every process."""
+"""MQTT session settings and a paho-mqtt 2.x client factory used by every process.
+
+This is the one module that touches paho's private internals (the receive fast path
+and the gateway's receive gate in :class:`Client`).  They were tested with the paho
+series in :data:`TESTED_PAHO`; requirements.txt pins it, a test fails on any other,
+and :func:`make_client` logs a warning if run with another.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import ssl
@@ -9,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import paho.mqtt
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -21,6 +29,8 @@ log = logging.getLogger(__name__)
 # Packets read per network-loop wake-up before paho's loop runs its other work again
 # (writes, keepalive): bounds how long acknowledgements wait behind a burst.
 _READ_BATCH = 100
+# paho-mqtt minor series the overrides below were tested with; keep requirements.txt in step.
+TESTED_PAHO = ("2.2",)
 # PUBACK fixed header: packet type 4, remaining length 2 (just the packet id).
 _PUBACK_PREFIX = bytes((PacketTypes.PUBACK << 4, 2))
 
@@ -166,6 +176,7 @@ def make_client(
     will: tuple[str, bytes] | None = None,
 ) -> Client:
     """Create an MQTT v5 client with auth, TLS, last will and capped reconnect backoff."""
+    _warn_if_untested_paho()
     client = Client(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=settings.client_id or client_id,
@@ -187,6 +198,22 @@ def make_client(
         min_delay=max(1, round(settings.reconnect_min_s)), max_delay=round(settings.reconnect_max_s)
     )
     return client
+
+
+def paho_series() -> str:
+    return ".".join(paho.mqtt.__version__.split(".")[:2])
+
+
+@functools.cache
+def _warn_if_untested_paho() -> None:
+    """Once per process."""
+    if paho_series() not in TESTED_PAHO:
+        log.warning(
+            "paho-mqtt %s is not a series common.mqtt was tested with (%s): its receive "
+            "path overrides paho internals; install the pinned version",
+            paho.mqtt.__version__,
+            ", ".join(TESTED_PAHO),
+        )
 
 
 def connect_properties(settings: MqttSettings) -> Properties:

@@ -173,3 +173,67 @@ def test_loop_read_takes_every_packet_waiting_not_one_per_wake_up():
     finally:
         client._sock = None
         ours.close()
+
+
+def test_paho_is_the_series_the_overrides_were_tested_with():
+    """CI fails loudly on another paho: Client overrides its private internals."""
+    import re
+
+    from common.mqtt import TESTED_PAHO, paho_series
+    from tests.helpers import ROOT
+
+    assert paho_series() in TESTED_PAHO
+    pin = re.search(
+        r"^paho-mqtt>=(\d+\.\d+),<(\d+\.\d+)", (ROOT / "requirements.txt").read_text(), re.M
+    )
+    assert pin is not None and pin.group(1) in TESTED_PAHO
+
+
+def test_no_packet_is_read_while_the_receive_gate_has_no_room():
+    import socket
+
+    from paho.mqtt.client import _ConnectionState
+
+    class Gate:
+        def __init__(self, room: int):
+            self.left = room
+
+        def room(self, timeout_s: float) -> bool:
+            if self.left <= 0:
+                return False
+            self.left -= 1
+            return True
+
+    client = Client(callback_api_version=CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.manual_ack_set(True)
+    got: list[int] = []
+    client.on_plain_message = lambda _c, topic, payload, mid, qos: got.append(mid)
+    ours, broker = socket.socketpair()
+    ours.setblocking(False)
+    client._sock = ours
+    client.receive_gate = gate = Gate(3)
+    try:
+        frames = b""
+        for mid in range(1, 11):
+            header, body = _publish_packet(
+                b"factory/l/d/reading", b"x", 1, mid, False, False, b"\x00"
+            )
+            frames += bytes([header, len(body)]) + body
+        broker.sendall(frames)
+        client._state = _ConnectionState.MQTT_CS_CONNECTING
+        client.loop_read()  # before CONNACK the gate does not apply
+        assert got == list(range(1, 11))
+        got.clear()
+        broker.sendall(frames)
+        client._state = _ConnectionState.MQTT_CS_CONNECTED
+        client.loop_read()
+        assert got == [1, 2, 3]  # then it stops where the gate says
+        client.loop_read()
+        assert got == [1, 2, 3]
+        gate.left = 100
+        client.loop_read()
+        assert got == list(range(1, 11))
+    finally:
+        client._sock = None
+        ours.close()
+        broker.close()
