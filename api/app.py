@@ -1,7 +1,7 @@
 """The Flask application factory: ``create_app(config)``.
 
 One app per worker process.  The model is loaded here, once (through
-:class:`~api.model_holder.ModelHolder`), never at import time and never per request.
+:class:`~model.holder.ModelHolder`), never at import time and never per request.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ from api.config import ApiConfig
 from api.errors import ApiError, error_response, json_response
 from api.fast_predict import FastPredict
 from api.influx import InfluxQueryError, InfluxReader, InfluxUnavailable
+from api.loaded_model import LoadedModel, model_loader
 from api.metrics import ApiMetrics
-from api.model_holder import LoadedModel, ModelHolder
 from api.openapi import build_openapi
 from api.predict import check_media_type, parse_request, predict_body
 from api.readiness import CachedCheck, mqtt_reachable
 from contract import DEFAULT_FIELDS
 from contract.topics import valid_name
+from model.holder import ModelHolder
 from model.scorer import Scorer, load_scorer
 
 log = logging.getLogger(__name__)
@@ -126,14 +127,15 @@ def create_app(
 
     holder = ModelHolder(
         cfg.model.path,
-        scorer_factory,
-        check_interval_s=cfg.model.check_interval_s,
-        max_payload_bytes=cfg.limits.max_body_bytes,
+        model_loader(scorer_factory, cfg.limits.max_body_bytes),
+        watch_interval_s=cfg.model.check_interval_s,
         on_change=on_change,
         on_failure=lambda _msg: metrics.reloads.labels("failed").inc(),
     )
-    # create_app runs in each worker after the fork, so the thread lives in the worker.
-    holder.start_watching()
+    # create_app runs in each worker after the fork, so the thread lives in the worker;
+    # none when there is no link to poll (SIGHUP in --dev reloads directly).
+    if holder.polls:
+        holder.start()
     fields = tuple(f.name for f in DEFAULT_FIELDS)
     influx = InfluxReader(cfg.influx, fields)
     checks: list[CachedCheck] = []
@@ -201,7 +203,7 @@ def create_app(
     # --- endpoints ---------------------------------------------------------------------
 
     def answer_predict(mimetype: str, raw: bytes) -> Any:
-        model = holder.get()  # one model for the whole request, even if a reload happens
+        model = holder.current  # one model for the whole request, even if a reload happens
         parsed = parse_request(mimetype, raw, cfg.limits.max_records)
         body, count, anomalies = predict_body(parsed, model, influx)
         metrics.records.observe(count)
@@ -224,7 +226,7 @@ def create_app(
 
     @app.get("/ready")
     def ready() -> Response:
-        model = holder.get()
+        model = holder.current
         results = {"model": True}
         for check in checks:
             results[check.name] = check()
@@ -240,7 +242,7 @@ def create_app(
 
     @app.get("/model")
     def model_info() -> Response:
-        model = holder.get()
+        model = holder.current
         scorer = model.scorer
         return json_response(
             {
@@ -258,7 +260,7 @@ def create_app(
 
     @app.get("/openapi.json")
     def openapi() -> Response:
-        model = holder.get()
+        model = holder.current
         scorer = model.scorer
         body = openapi_cache.get(scorer.version)
         if body is None:
@@ -282,7 +284,7 @@ def create_app(
         minutes = _minutes_param(request.args.get("minutes"), cfg.influx.max_minutes)
         line = _name_param(request.args.get("line"), "line")
         device = _name_param(request.args.get("device"), "device")
-        scorer = holder.get().scorer
+        scorer = holder.current.scorer
         try:
             devices = influx.recent(minutes, line, device)
         except InfluxUnavailable as exc:

@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 
 from api.errors import ApiError, RecordProblems
-from api.model_holder import LoadedModel
+from api.loaded_model import LoadedModel
 from api.series import DRIVERS, HistorySource, score_series, validate_series
 from contract import Rejected, normalise_record
 

@@ -37,7 +37,7 @@ from contract import Rejected, normalise_record
 from contract.topics import valid_name
 
 if TYPE_CHECKING:
-    from api.model_holder import LoadedModel
+    from api.loaded_model import LoadedModel
     from api.predict import ParsedRequest
     from model.scorer import Scorer
 

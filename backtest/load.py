@@ -8,7 +8,6 @@ Labelled windows (NAB's ``windows.json``) can stand in for per-row labels.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,9 +16,10 @@ import numpy as np
 
 from backtest.episodes import Episode
 from backtest.replay import Recording
+from common.csv_readings import SEQ_COLUMN, CsvFile
 from contract.timestamps import CsvTimeRules, parse_csv_ns
 from model.cli_support import AUTO_FAULT_COLUMN, AUTO_LABEL_COLUMN
-from model.dataset import auto_group_columns, fault_labels, load_csv
+from model.dataset import DatasetError, auto_group_columns, fault_labels, load_csv
 
 # Line of a file without device columns (one device, named after the file).
 FILE_LINE = "file"
@@ -40,7 +40,7 @@ def read_recording(
     groups = device_columns
     if groups is None:
         groups = auto_group_columns(path, delimiter, list(fields))
-    header = _header(path, delimiter)
+    header = CsvFile(path, delimiter=delimiter, error=DatasetError).header
     if label_column is None and AUTO_LABEL_COLUMN in header:
         label_column = AUTO_LABEL_COLUMN
     if fault_column is None and AUTO_FAULT_COLUMN in header:
@@ -89,24 +89,15 @@ def _split_keys(keys: np.ndarray, stem: str) -> tuple[np.ndarray, np.ndarray]:
     return lines, devices
 
 
-def _header(path: Path, delimiter: str) -> list[str]:
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        return [h.strip() for h in next(csv.reader(fh, delimiter=delimiter), [])]
-
-
 def _read_seq(path: Path, delimiter: str) -> np.ndarray | None:
-    with open(path, encoding="utf-8-sig", newline="") as fh:
-        reader = csv.reader(fh, delimiter=delimiter)
-        header = [h.strip().lower() for h in next(reader, [])]
-        if "seq" not in header:
-            return None
-        j = header.index("seq")
-        out = []
-        for row in reader:
-            if not row:
-                continue
-            cell = row[j].strip() if j < len(row) else ""
-            out.append(int(cell) if cell.isdigit() else -1)
+    source = CsvFile(path, delimiter=delimiter, error=DatasetError)
+    j = source.find(SEQ_COLUMN)
+    if j is None:
+        return None
+    out = []
+    for _line, row in source.records():
+        cell = row[j].strip() if j < len(row) else ""
+        out.append(int(cell) if cell.isdigit() else -1)
     return np.asarray(out, dtype=np.int64)
 
 

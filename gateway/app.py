@@ -23,7 +23,7 @@ from gateway.inbox import Inbox
 from gateway.intake import Message, MqttIntake, ack_all
 from gateway.lineprotocol import encode_point
 from gateway.metrics import GatewayMetrics
-from gateway.model_reload import ModelHolder
+from gateway.model_reload import gateway_model_holder
 from gateway.pipeline import Processor
 from gateway.silence import SUBSCRIPTION as SILENCE_SUBSCRIPTION
 from gateway.sinks import InfluxV1Sink, Sink, WriteError, make_sink
@@ -45,13 +45,15 @@ class Gateway:
         self.cfg = cfg
         self.metrics = GatewayMetrics(cfg.id)
         # The model is loaded once per process; a reload swaps the holder's reference.
-        self.model = ModelHolder(
+        self.model = gateway_model_holder(
             cfg.model.path, scorer_factory, self.metrics, cfg.model.watch_interval_s
         )
         scorer = self.model.current
         # Shadow mode: a second model scored on the same readings, never acted on.
         self.shadow = (
-            ModelHolder(cfg.model.shadow_path, scorer_factory, self.metrics, 0, track=False)
+            gateway_model_holder(
+                cfg.model.shadow_path, scorer_factory, self.metrics, 0, track=False
+            )
             if cfg.model.shadow_path
             else None
         )

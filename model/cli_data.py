@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from common.csv_readings import CsvFile
 from common.progress import Progress
 from contract.timestamps import TimestampError, ns_to_rfc3339, parse_csv_ns
 from model.artifact import read_metadata, save_artifact
@@ -36,7 +37,7 @@ from model.cli_support import (
 )
 from model.compare import compare, format_table
 from model.dataset import (
-    CsvSource,
+    CsvChunks,
     Dataset,
     DatasetError,
     auto_group_columns,
@@ -66,19 +67,6 @@ def _train_options(args: argparse.Namespace) -> dict[str, Any]:
         "max_false_alarm_rate": pick(args.max_false_alarm_rate, t.max_false_alarm_rate),
         "envelope_weight": pick(args.envelope_weight, t.envelope_weight),
     }
-
-
-def _header(path: Path, delimiter: str) -> list[str]:
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as fh:
-            row = next(csv.reader(fh, delimiter=delimiter), None)
-    except FileNotFoundError:
-        raise DatasetError(f"CSV file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DatasetError(f"cannot read the header of {path}: {exc}") from None
-    if row is None:
-        raise DatasetError(f"{path.name}: file is empty (no header line)")
-    return [h.strip() for h in row]
 
 
 def _load_training_csv(
@@ -238,7 +226,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     union = list(dict.fromkeys(f for names in sets for f in names))
     label, fault = args.label_column, args.fault_column
     if label is None and fault is None:
-        header = _header(args.csv, args.delimiter)
+        header = CsvFile(args.csv, delimiter=args.delimiter, error=DatasetError).header
         label = AUTO_LABEL_COLUMN if AUTO_LABEL_COLUMN in header else None
         fault = AUTO_FAULT_COLUMN if AUTO_FAULT_COLUMN in header else None
         if label is None and fault is None:
@@ -307,7 +295,7 @@ def _score_dataset(scorer: Scorer, X: np.ndarray) -> np.ndarray:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     scorer = load_scorer(model_path_of(args))
-    header = _header(args.csv, args.delimiter)
+    header = CsvFile(args.csv, delimiter=args.delimiter, error=DatasetError).header
     label, fault = _label_columns(args, scorer.metadata, header)
     if label is None and fault is None:
         raise DatasetError(
@@ -370,7 +358,7 @@ def _evaluate_streamed(
     scores, labels, faults = [], [], []
     dropped = 0
     with (
-        CsvSource(
+        CsvChunks(
             args.csv,
             features=list(scorer.features),
             delimiter=args.delimiter,
@@ -443,7 +431,7 @@ def cmd_score(args: argparse.Namespace) -> int:
             else auto_group_columns(args.csv, args.delimiter, list(scorer.raw_fields)),
             "parse_ts": True,
         }
-    with CsvSource(
+    with CsvChunks(
         args.csv, delimiter=args.delimiter, time_rules=time_rules_of(args), **options
     ) as source:
         header = list(source.header)

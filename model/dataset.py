@@ -19,23 +19,32 @@ first of ``ts``, ``timestamp``, ``time``, ... in the header; the device columns 
 
 Timestamps are read by :func:`contract.timestamps.parse_csv_ns` under a
 :class:`~contract.timestamps.CsvTimeRules` (naive times in a given zone, default UTC;
-epoch seconds unless told otherwise).
+epoch seconds unless told otherwise).  The file itself (encoding, header, finding
+columns) is read by :class:`common.csv_readings.CsvFile`, the reader the replay uses too.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
+import itertools
 import logging
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
 import numpy as np
 
+from common.csv_readings import (
+    DEVICE_COLUMNS,
+    CsvError,
+    CsvFile,
+    delimiter_hint,
+    describe_header,
+    device_columns,
+    find_column,
+    find_time_column,
+)
 from contract.fields import DEFAULT_FIELDS, canonical_field
 from contract.timestamps import (
     CSV_DEFAULT,
@@ -60,16 +69,13 @@ NORMAL_TOKENS = frozenset(
 )
 DEFAULT_CHUNK_ROWS = 50_000
 # Columns that identify a device when stream features need per-device windows.
-DEFAULT_GROUP_COLUMNS = ("line", "device")
+DEFAULT_GROUP_COLUMNS = DEVICE_COLUMNS
 # Device key of every row of a file without device columns: it is one device.
 ONE_DEVICE = ""
 _GROUP_SEPARATOR = "/"
 
-# Real exports carry long free-text columns; the stdlib default (128 KiB) is too small.
-csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
 
-
-class DatasetError(ValueError):
+class DatasetError(CsvError):
     """The CSV cannot be used as asked; the message says what and where."""
 
 
@@ -207,55 +213,6 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _describe_header(header: Sequence[str]) -> str:
-    shown = ", ".join(repr(h) for h in header[:30])
-    more = f", ... ({len(header)} columns)" if len(header) > 30 else ""
-    return f"[{shown}{more}]"
-
-
-def _delimiter_hint(header: Sequence[str], delimiter: str) -> str:
-    if len(header) != 1:
-        return ""
-    for candidate in (";", "\t", ",", "|"):
-        if candidate != delimiter and candidate in header[0]:
-            return f" (the header has a single column; is the delimiter {candidate!r}?)"
-    return ""
-
-
-def find_time_column(header: Sequence[str]) -> str | None:
-    """The header's first usual timestamp column (``ts``, ``timestamp``, ``time``, ...)."""
-    for name in TIME_COLUMNS:
-        index = _find_column(header, name, use_aliases=False)
-        if index is not None:
-            return header[index]
-    return None
-
-
-def _find_column(header: Sequence[str], wanted: str, *, use_aliases: bool) -> int | None:
-    """Index of ``wanted``: exact, then case-insensitive, then through the alias table."""
-    exact = [i for i, h in enumerate(header) if h == wanted]
-    if len(exact) > 1:
-        raise DatasetError(f"column {wanted!r} appears {len(exact)} times in the header")
-    if exact:
-        return exact[0]
-    folded = [i for i, h in enumerate(header) if h.lower() == wanted.lower()]
-    if len(folded) == 1:
-        return folded[0]
-    if len(folded) > 1:
-        names = [header[i] for i in folded]
-        raise DatasetError(f"column {wanted!r} is ambiguous: header has {names}")
-    if not use_aliases:
-        return None
-    target = canonical_field(wanted)
-    if target is None:
-        return None
-    aliased = [i for i, h in enumerate(header) if canonical_field(h) == target]
-    if len(aliased) > 1:
-        names = [header[i] for i in aliased]
-        raise DatasetError(f"column {wanted!r} is ambiguous: header has aliases {names}")
-    return aliased[0] if aliased else None
-
-
 def resolve_layout(
     header: Sequence[str],
     features: Sequence[str] | None,
@@ -277,11 +234,11 @@ def resolve_layout(
         raise DatasetError(f"duplicate features requested: {wanted}")
 
     def need(column: str, role: str, *, use_aliases: bool) -> int:
-        index = _find_column(header, column, use_aliases=use_aliases)
+        index = find_column(header, column, aliases=use_aliases, error=DatasetError)
         if index is None:
             raise DatasetError(
                 f"{source}: {role} column {column!r} not found; available columns: "
-                f"{_describe_header(header)}{_delimiter_hint(header, delimiter)}"
+                f"{describe_header(header)}{delimiter_hint(header, delimiter)}"
             )
         return index
 
@@ -334,8 +291,8 @@ def _parse_ts_column(values: list[str], rules: CsvTimeRules) -> tuple[np.ndarray
     return out, bad
 
 
-class CsvSource:
-    """An open CSV with a resolved layout, read in chunks (constant memory)."""
+class CsvChunks:
+    """A CSV with a resolved layout, read in chunks (constant memory)."""
 
     def __init__(
         self,
@@ -355,82 +312,46 @@ class CsvSource:
         ``parse_ts``: parse the timestamp column (default: :func:`find_time_column`)
         into ``Chunk.ts_ns`` under ``time_rules``; a row whose timestamp does not parse
         is invalid like a row with a bad value."""
-        self.path = Path(path)
+        self._file = CsvFile(path, delimiter=delimiter, error=DatasetError)
+        self.path = self._file.path
+        self.name = self._file.name
         self._parse_ts = parse_ts
         self.time_rules = time_rules
         self._one_device = group_columns is not None and not group_columns
-        self.name = self.path.name
-        if len(delimiter) != 1:
-            raise DatasetError(f"delimiter must be one character, got {delimiter!r}")
-        try:
-            # utf-8-sig: spreadsheet exports often start with a byte-order mark.
-            self._fh: IO[str] = open(self.path, encoding="utf-8-sig", newline="")  # noqa: SIM115
-        except FileNotFoundError:
-            raise DatasetError(f"CSV file not found: {self.path}") from None
-        except IsADirectoryError:
-            raise DatasetError(f"CSV path is a directory: {self.path}") from None
-        except OSError as exc:
-            raise DatasetError(f"cannot open {self.path}: {exc.strerror}") from None
-        try:
-            self._reader = csv.reader(self._fh, delimiter=delimiter)
-            header = self._next_row()
-            if header is None:
-                raise DatasetError(f"{self.name}: file is empty (no header line)")
-            header = [h.strip() for h in header]
-            if parse_ts and timestamp_column is None:
-                timestamp_column = find_time_column(header)
-                if timestamp_column is None:
-                    raise DatasetError(
-                        f"{self.name}: no timestamp column (looked for {', '.join(TIME_COLUMNS)}); "
-                        f"name it with --timestamp-column; available columns: "
-                        f"{_describe_header(header)}{_delimiter_hint(header, delimiter)}"
-                    )
-            self.layout = resolve_layout(
-                header,
-                features,
-                timestamp_column=timestamp_column,
-                label_column=label_column,
-                fault_column=fault_column,
-                group_columns=group_columns,
-                source=self.name,
-                delimiter=delimiter,
-            )
-        except BaseException:
-            self._fh.close()
-            raise
+        header = self._file.header
+        if parse_ts and timestamp_column is None:
+            timestamp_column = find_time_column(header, DatasetError)
+            if timestamp_column is None:
+                raise DatasetError(
+                    f"{self.name}: no timestamp column (looked for {', '.join(TIME_COLUMNS)}); "
+                    f"name it with --timestamp-column; available columns: "
+                    f"{describe_header(header)}{delimiter_hint(header, delimiter)}"
+                )
+        self.layout = resolve_layout(
+            header,
+            features,
+            timestamp_column=timestamp_column,
+            label_column=label_column,
+            fault_column=fault_column,
+            group_columns=group_columns,
+            source=self.name,
+            delimiter=delimiter,
+        )
+        self._records = self._file.records()
 
     @property
     def header(self) -> tuple[str, ...]:
         return self.layout.header
 
-    def _next_row(self) -> list[str] | None:
-        """Next non-blank row, or None at end of file."""
-        try:
-            for row in self._reader:
-                if row:
-                    return row
-        except csv.Error as exc:
-            raise DatasetError(f"{self.name} line {self._reader.line_num}: {exc}") from None
-        except UnicodeDecodeError as exc:
-            raise DatasetError(
-                f"{self.name}: not UTF-8 text near line {self._reader.line_num + 1}: {exc.reason}"
-            ) from None
-        return None
-
     def chunks(
         self, chunk_rows: int = DEFAULT_CHUNK_ROWS, *, drop_invalid: bool = False
     ) -> Iterator[Chunk]:
         while True:
-            rows: list[list[str]] = []
-            lines: list[int] = []
-            while len(rows) < chunk_rows:
-                row = self._next_row()
-                if row is None:
-                    break
-                rows.append(row)
-                lines.append(self._reader.line_num)
-            if not rows:
+            batch = list(itertools.islice(self._records, chunk_rows))
+            if not batch:
                 return
+            lines = [line for line, _cells in batch]
+            rows = [cells for _line, cells in batch]
             yield self._parse(rows, lines, drop_invalid)
 
     def _parse(self, rows: list[list[str]], lines: list[int], drop_invalid: bool) -> Chunk:
@@ -518,9 +439,9 @@ class CsvSource:
         return f"{where}: invalid row"
 
     def close(self) -> None:
-        self._fh.close()
+        self._records.close()
 
-    def __enter__(self) -> CsvSource:
+    def __enter__(self) -> CsvChunks:
         return self
 
     def __exit__(
@@ -549,7 +470,7 @@ def _concat(parts: list[np.ndarray], present: bool) -> np.ndarray | None:
     return np.concatenate(parts) if parts else np.empty(0)
 
 
-def _read_all(source: CsvSource, drop_invalid: bool) -> _Parts:
+def _read_all(source: CsvChunks, drop_invalid: bool) -> _Parts:
     parts = _Parts()
     for chunk in source.chunks(drop_invalid=drop_invalid):
         parts.dropped += chunk.dropped
@@ -563,12 +484,9 @@ def _read_all(source: CsvSource, drop_invalid: bool) -> _Parts:
 
 def auto_group_columns(path: str | Path, delimiter: str, raw: Sequence[str]) -> list[str]:
     """``line`` and ``device`` if the header has a ``device`` column, else [] (one device)."""
-    with CsvSource(path, features=raw, delimiter=delimiter) as probe:
-        header = probe.header
-    found = [
-        c for c in DEFAULT_GROUP_COLUMNS if _find_column(header, c, use_aliases=False) is not None
-    ]
-    if "device" not in found:
+    with CsvChunks(path, features=raw, delimiter=delimiter) as probe:
+        found = list(device_columns(probe.header, DatasetError))
+    if not found:
         _LOG.info(
             "%s: no 'device' column, so the file is one device (name device columns "
             "with --device-columns)",
@@ -617,7 +535,7 @@ def load_csv(
         read_features = list(spec.raw_fields)
     else:
         read_features = wanted
-    with CsvSource(
+    with CsvChunks(
         path,
         features=read_features,
         delimiter=delimiter,

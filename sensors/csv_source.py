@@ -11,25 +11,34 @@ Timestamps follow :func:`contract.timestamps.parse_csv_ns`: RFC 3339 with an off
 naive times in ``time_rules.timezone`` (default UTC), epoch numbers in
 ``time_rules.epoch_unit`` (default seconds; milliseconds are not guessed: a file whose
 first row's epoch is too large for seconds is refused naming ``--epoch-unit``).
+
+The file itself (encoding, header, finding columns, aliases) is read by
+:class:`common.csv_readings.CsvFile`, the reader the model tools use too.
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.csv_readings import (
+    SEQ_COLUMN,
+    CsvError,
+    CsvFile,
+    field_columns,
+    find_column,
+    first_column,
+)
 from common.logs import RateLimitedLog
 from contract import DEFAULT_FIELDS, canonical_field
 from contract.timestamps import (
     CSV_DEFAULT,
     TIME_COLUMNS,
     CsvTimeRules,
-    EpochUnitError,
     TimestampError,
     parse_csv_ns,
 )
@@ -37,12 +46,10 @@ from contract.topics import valid_name
 
 log = logging.getLogger(__name__)
 
-TIMESTAMP_CANDIDATES = TIME_COLUMNS
-SEQ_COLUMN = "seq"
 _SPECS = {spec.name: spec for spec in DEFAULT_FIELDS}
 
 
-class SourceError(ValueError):
+class SourceError(CsvError):
     """The file cannot be replayed at all (missing column, no reading fields...)."""
 
 
@@ -73,25 +80,19 @@ def parse_field_map(spec: str) -> dict[str, str]:
     return mapping
 
 
-def _column(header: list[str], wanted: str) -> str:
+def _column(header: Sequence[str], wanted: str) -> str:
     """The header's spelling of ``wanted`` (exact match first, then any case)."""
-    if wanted in header:
-        return wanted
-    for name in header:
-        if name.lower() == wanted.lower():
-            return name
-    raise SourceError(f"column {wanted!r} not in the header {header}")
+    index = find_column(header, wanted, error=SourceError)
+    if index is None:
+        raise SourceError(f"column {wanted!r} not in the header {list(header)}")
+    return header[index]
 
 
-def _find(header: list[str], wanted: str | None, candidates: tuple[str, ...]) -> str | None:
+def _find(header: Sequence[str], wanted: str | None, candidates: Sequence[str]) -> str | None:
     """Column named ``wanted`` (must exist), else the first candidate present."""
     if wanted is not None:
         return _column(header, wanted)
-    lowered = {name.lower(): name for name in header}
-    for name in candidates:
-        if name in lowered:
-            return lowered[name]
-    return None
+    return first_column(header, candidates, SourceError)
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ class ColumnPlan:
 
 
 def plan_columns(
-    header: list[str],
+    header: Sequence[str],
     *,
     field_map: dict[str, str] | None = None,
     ts_column: str | None = None,
@@ -124,8 +125,8 @@ def plan_columns(
         raise SourceError("give either --line or --line-column, not both")
     if device is not None and device_column is not None:
         raise SourceError("give either --device or --device-column, not both")
-    ts_col = _find(header, ts_column, TIMESTAMP_CANDIDATES)
-    seq_col = _find(header, None, (SEQ_COLUMN,))
+    ts_col = _find(header, ts_column, TIME_COLUMNS)
+    seq_col = first_column(header, (SEQ_COLUMN,), SourceError)
     line_col = None if line is not None else _find(header, line_column, ("line",))
     device_col = None if device is not None else _find(header, device_column, ("device",))
     if line_col is None and line is None:
@@ -138,12 +139,7 @@ def plan_columns(
     if field_map is not None:
         fields = {_column(header, column): name for column, name in field_map.items()}
     else:
-        special = {ts_col, line_col, device_col}
-        fields = {}
-        for column in header:
-            name = canonical_field(column)
-            if name is not None and column not in special:
-                fields[column] = name
+        fields = field_columns(header, exclude=(ts_col, line_col, device_col))
     seen: dict[str, str] = {}
     for column, name in fields.items():
         if name in seen:
@@ -151,7 +147,7 @@ def plan_columns(
         seen[name] = column
     if not fields:
         raise SourceError(
-            f"no reading fields among the columns {header}; use --map COLUMN=FIELD,..."
+            f"no reading fields among the columns {list(header)}; use --map COLUMN=FIELD,..."
         )
     return ColumnPlan(fields, ts_col, line_col, device_col, line, device, seq_col)
 
@@ -239,11 +235,8 @@ class CsvSource:
         self.path = Path(path)
         self.delimiter = delimiter
         self.time_rules = time_rules
-        with self._open() as fh:
-            header = next(csv.reader(fh, delimiter=delimiter), None)
-        if not header:
-            raise SourceError(f"{self.path} is empty")
-        self.header = [name.strip() for name in header]
+        self._file = CsvFile(path, delimiter=delimiter, error=SourceError)
+        self.header = self._file.header
         self.plan = plan_columns(
             self.header,
             field_map=field_map,
@@ -253,31 +246,8 @@ class CsvSource:
             line=line,
             device=device,
         )
-        self._check_epoch_unit()
-
-    def _check_epoch_unit(self) -> None:
-        """Refuse at once a file whose first row's epoch is in another unit than given:
-        otherwise every row would be skipped as a bad timestamp."""
-        column = self.plan.ts_column
-        if column is None:
-            return
-        index = self.header.index(column)
-        with self._open() as fh:
-            reader = csv.reader(fh, delimiter=self.delimiter)
-            next(reader, None)  # the header
-            first = next((cells for cells in reader if cells), None)
-        if first is None or index >= len(first):
-            return
-        try:
-            parse_csv_ns(first[index], self.time_rules)
-        except EpochUnitError as exc:
-            raise SourceError(f"{self.path.name}: column {column!r}: {exc}") from None
-        except TimestampError:
-            pass  # an ordinary bad row, counted when read
-
-    def _open(self):
-        # utf-8-sig: spreadsheets often save a byte-order mark before the header.
-        return open(self.path, encoding="utf-8-sig", newline="")
+        if self.plan.ts_column is not None:
+            self._file.check_epoch_unit(self.plan.ts_column, time_rules)
 
     def _parse(self, number: int, record: dict[str, str | None]) -> SourceRow:
         plan = self.plan
@@ -301,18 +271,13 @@ class CsvSource:
 
     def rows(self, bad: BadRows | None = None) -> Iterator[SourceRow]:
         """Good rows in file order; bad ones are counted in ``bad`` and skipped."""
-        with self._open() as fh:
-            reader = csv.reader(fh, delimiter=self.delimiter)
-            next(reader, None)
-            for cells in reader:
-                if not cells:  # blank line
-                    continue
-                record = dict(zip(self.header, cells, strict=False))
-                try:
-                    yield self._parse(reader.line_num, record)
-                except BadRow as exc:
-                    if bad is not None:
-                        bad.add(reader.line_num, exc)
+        for number, cells in self._file.records():
+            record = dict(zip(self.header, cells, strict=False))
+            try:
+                yield self._parse(number, record)
+            except BadRow as exc:
+                if bad is not None:
+                    bad.add(number, exc)
 
     def scan(self) -> Scan:
         """Count the good rows and find their time span: one quick pass before a replay."""

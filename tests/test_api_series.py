@@ -146,7 +146,7 @@ def test_api_accepts_the_dynamics_model_the_gateway_accepts(dynamics, dynamics_d
     # One derivation: the gateway's decode limits and the API's require the same fields.
     assert GatewayConfig(id="gw").decode_limits(needed).required == needed
     holder = client.application.extensions["model_holder"]
-    assert holder.get().limits.required == needed
+    assert holder.current.limits.required == needed
     doc = client.get("/openapi.json").get_json()
     reading = doc["components"]["schemas"]["Reading"]
     assert reading["required"] == list(FIELDS)

@@ -16,7 +16,7 @@ from contract.timestamps import CsvTimeRules, parse_csv_ns, timezone_named
 from model.dataset import (
     NORMAL_TOKENS,
     ONE_DEVICE,
-    CsvSource,
+    CsvChunks,
     DatasetError,
     file_sha256,
     labels_from_strings,
@@ -187,7 +187,7 @@ def test_bom_header_and_file_errors(tmp_path: Path) -> None:
 def test_chunks_keep_raw_rows_aligned(tmp_path: Path) -> None:
     rows = [[i, "x" if i == 3 else i * 2] for i in range(10)]
     path = write_csv(tmp_path / "c.csv", ["id", "temperature_c"], rows)
-    with CsvSource(path, features=["temperature_c"]) as source:
+    with CsvChunks(path, features=["temperature_c"]) as source:
         chunks = list(source.chunks(4, drop_invalid=True))
     assert [len(c.rows) for c in chunks] == [4, 4, 2]
     assert chunks[0].kept.tolist() == [0, 1, 2]
