@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 from devstack.influxdb import InfluxDB
 from devstack.mosquitto import Mosquitto
 from devstack.process import ManagedProcess, free_port
-from tests.helpers import ROOT, Collector, python_module, train_model, unique
+from tests.helpers import ROOT, Collector, Stream, python_module, train_model, unique
 
 TEST_DB = "factory_test"
 
@@ -183,6 +184,29 @@ def start_gateway(tmp_path, mosquitto, influxdb, models_dir):
     yield _start
     for gw in reversed(started):
         gw.stop()
+
+
+@pytest.fixture
+def start_stream(mosquitto):
+    """Starts simulator streams (``tests.helpers.Stream``) on the ``mosquitto`` fixture
+    in scope (a module may override it with a broker of its own); any still running at
+    teardown (a failed test) is terminated, so none outlives the broker it publishes to."""
+    started: list[Stream] = []
+
+    def _start(prefix: str, **kwargs) -> Stream:
+        stream = Stream(mosquitto.port, prefix, **kwargs)
+        started.append(stream)
+        return stream
+
+    yield _start
+    for stream in started:
+        if stream.proc.poll() is None:
+            stream.proc.terminate()
+            try:
+                stream.proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                stream.proc.kill()
+                stream.proc.communicate()
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from devstack.mosquitto import Mosquitto
 from devstack.process import free_port, wait_until
 from gateway.cluster.broker_version import FIXED_IN, mosquitto_version
 from tests.conftest import TEST_DB, GatewayProcess
-from tests.helpers import Stream, count_points, python_module, summary, unique, wait_for_points
+from tests.helpers import count_points, python_module, summary, unique, wait_for_points
 
 pytestmark = pytest.mark.integration
 
@@ -22,28 +22,28 @@ PARTITIONS = 12
 CLUSTER = f"[cluster]\nenabled = true\npartitions = {PARTITIONS}\n"
 
 
+# A broker of each test's own (overrides conftest's session one in this module), so
+# conftest's start_gateway and start_stream run the test's gateways and simulators
+# against it and stop them in their teardown, before it stops.
 @pytest.fixture
-def broker(tmp_path):
+def mosquitto(tmp_path):
     b = Mosquitto(tmp_path / "mosquitto", free_port()).start()
     yield b
     b.stop()
 
 
 @pytest.fixture
-def cluster(tmp_path, broker, influxdb, models_dir):
-    gws = [
-        GatewayProcess(tmp_path, broker, influxdb.url, models_dir, extra=CLUSTER).start()
-        for _ in range(3)
-    ]
+def cluster(start_gateway):
+    """Three cluster gateways; start_gateway stops them, also when one fails to start
+    or the partitions never converge."""
+    gws = [start_gateway(extra=CLUSTER) for _ in range(3)]
 
     def converged(alive: list[GatewayProcess]) -> bool:
         owned = [gw.metric("gateway_cluster_partitions_owned") for gw in alive]
         return sum(owned) == PARTITIONS and all(owned)
 
     wait_until(lambda: converged(gws), 30, "partitions assigned to all three", interval_s=0.2)
-    yield gws, converged
-    for gw in gws:
-        gw.stop()
+    return gws, converged
 
 
 def scorers_by_device(influx_url: str, prefix: str) -> dict[str, list[str]]:
@@ -56,13 +56,13 @@ def scorers_by_device(influx_url: str, prefix: str) -> dict[str, list[str]]:
     return {s["tags"]["device"]: [v[1] for v in s["values"]] for s in series}
 
 
-def test_three_gateways_share_the_stream(cluster, broker, influxdb):
+def test_three_gateways_share_the_stream(cluster, mosquitto, influxdb):
     gws, _ = cluster
     prefix = unique("c3")
     result = python_module(
         "sensors.simulate",
         "--broker-port",
-        str(broker.port),
+        str(mosquitto.port),
         "--lines",
         "3",
         "--devices",
@@ -99,10 +99,10 @@ def test_three_gateways_share_the_stream(cluster, broker, influxdb):
     assert warned == [version < FIXED_IN] * 3, (version, warned)
 
 
-def test_a_killed_gateway_loses_nothing(cluster, broker, influxdb):
+def test_a_killed_gateway_loses_nothing(cluster, influxdb, start_stream):
     gws, converged = cluster
     prefix = unique("ck")
-    stream = Stream(broker.port, prefix, lines=2, devices=20, duration_s=8.0)
+    stream = start_stream(prefix, lines=2, devices=20, duration_s=8.0)
     where = f"device=~/^{prefix}/"
     wait_until(
         lambda: count_points(influxdb.url, TEST_DB, where) > 2000, 30, "flow", interval_s=0.1

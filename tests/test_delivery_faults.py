@@ -7,22 +7,20 @@ broker) and N stored (distinct points in InfluxDB).
 
 from __future__ import annotations
 
-import subprocess
-
 import pytest
 
 from devstack.influxdb import InfluxDB
 from devstack.mosquitto import Mosquitto
 from devstack.process import free_port, wait_until
 from tests.conftest import TEST_DB
-from tests.helpers import Stream, count_points, unique, wait_for_points
+from tests.helpers import count_points, unique, wait_for_points
 
 pytestmark = pytest.mark.integration
 
 
 # These override conftest's session services for this module (its tests stop them),
-# so conftest's start_gateway runs each test's gateways against them and stops those
-# gateways in its teardown, before these services stop.
+# so conftest's start_gateway and start_stream run each test's gateways and simulators
+# against them and stop those in their teardown, before these services stop.
 @pytest.fixture
 def mosquitto(tmp_path):
     b = Mosquitto(tmp_path / "mosquitto", free_port()).start()
@@ -36,28 +34,6 @@ def influxdb(tmp_path):
     db.create_database(TEST_DB)
     yield db
     db.stop()
-
-
-@pytest.fixture
-def start_stream(mosquitto):
-    """Starts simulator streams; any still running at teardown (a failed test) is
-    terminated, so none outlives the broker it publishes to."""
-    started: list[Stream] = []
-
-    def _start(prefix: str, **kwargs) -> Stream:
-        stream = Stream(mosquitto.port, prefix, **kwargs)
-        started.append(stream)
-        return stream
-
-    yield _start
-    for stream in started:
-        if stream.proc.poll() is None:
-            stream.proc.terminate()
-            try:
-                stream.proc.communicate(timeout=15)
-            except subprocess.TimeoutExpired:
-                stream.proc.kill()
-                stream.proc.communicate()
 
 
 def stored(influxdb: InfluxDB, prefix: str) -> int:

@@ -11,7 +11,14 @@ import pytest
 from devstack.influxdb import query
 from devstack.process import wait_until
 from tests.conftest import TEST_DB
-from tests.helpers import Stream, count_points, python_module, train_model, unique, wait_for_points
+from tests.helpers import (
+    count_points,
+    mosquitto_pub,
+    python_module,
+    train_model,
+    unique,
+    wait_for_points,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -35,13 +42,13 @@ def versions(influx_url: str, prefix: str) -> dict[str, int]:
     return {s["tags"]["model_version"]: s["values"][0][1] for s in series}
 
 
-def test_switching_the_pointer_reloads_under_load(tmp_path, mosquitto, influxdb, two_models):
-    from tests.conftest import GatewayProcess
-
+def test_switching_the_pointer_reloads_under_load(
+    mosquitto, influxdb, two_models, start_gateway, start_stream
+):
     models, first, second = two_models
-    gw = GatewayProcess(tmp_path, mosquitto, influxdb.url, models).start()
+    gw = start_gateway(models=models)
     prefix = unique("reload")
-    stream = Stream(mosquitto.port, prefix)
+    stream = start_stream(prefix)
     where = f"device=~/^{prefix}/"
     wait_until(lambda: count_points(influxdb.url, TEST_DB, where) > 200, 30, "flow", interval_s=0.1)
     assert python_module("model", "activate", second, "--models-dir", str(models)).returncode == 0
@@ -66,8 +73,6 @@ def test_switching_the_pointer_reloads_under_load(tmp_path, mosquitto, influxdb,
     gw.process.send_signal(signal.SIGHUP)
     wait_until(lambda: gw.metric("gateway_model_reload_failures_total") >= 1, 20, "failure")
     device = unique("after")
-    from tests.helpers import mosquitto_pub
-
     mosquitto_pub(
         mosquitto.port,
         f"factory/line1/{device}/reading",
@@ -75,4 +80,3 @@ def test_switching_the_pointer_reloads_under_load(tmp_path, mosquitto, influxdb,
     )
     wait_for_points(influxdb.url, TEST_DB, f"device='{device}'", 1)
     assert versions(influxdb.url, device) == {second: 1}
-    gw.stop()

@@ -272,10 +272,19 @@ class PersistentSubscriber:
         self.client.loop_stop()
 
 
-def test_broker_away_readings_wait_in_the_outbox_and_newest_are_dropped_when_full(
-    tmp_path, node, bridges
-):
+@pytest.fixture
+def own_broker(tmp_path) -> Iterator[Mosquitto]:
+    """A broker of the test's own (the test stops and restarts it), stopped at teardown.
+    Request it before ``bridges`` so the bridges are stopped first."""
     broker = Mosquitto(tmp_path / "broker", free_port()).start()
+    yield broker
+    broker.stop()
+
+
+def test_broker_away_readings_wait_in_the_outbox_and_newest_are_dropped_when_full(
+    tmp_path, node, own_broker, bridges
+):
+    broker = own_broker
     bridge = BridgeProcess(tmp_path, node.link, unique("serial"), broker.port, "--max-pending", "5")
     bridges.append(bridge)
     subscriber = PersistentSubscriber(broker.port, f"factory/line1/{bridge.device}/reading")
@@ -293,7 +302,6 @@ def test_broker_away_readings_wait_in_the_outbox_and_newest_are_dropped_when_ful
         summary = bridge.stop()
     finally:
         subscriber.close()
-        broker.stop()
     # QoS 1 is at-least-once: a redelivered duplicate is allowed, a gap is not.
     assert sorted(subscriber.seqs()) == list(range(8))
     assert (summary["published"], summary["dropped"], summary["readings"]) == ("8", "3", "11")

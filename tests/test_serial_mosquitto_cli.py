@@ -10,6 +10,7 @@ import subprocess
 import threading
 import time
 import tty
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import orjson
@@ -28,7 +29,8 @@ ANOMALOUS = '{"temperature_c": 95, "humidity_pct": 12, "sound_db": 104}'
 
 class MosquittoSub:
     """``mosquitto_sub -v -d -C <count>`` as a user runs it in a terminal (a pty, so its
-    output is line-buffered); ready once it reports the SUBACK."""
+    output is line-buffered); ready once it reports the SUBACK.  Start it with the
+    ``mosquitto_sub`` fixture, which stops it at teardown (also when the test fails)."""
 
     def __init__(self, port: int, topic: str, count: int = 1):
         binary = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
@@ -45,7 +47,11 @@ class MosquittoSub:
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        wait_until(lambda: any("SUBACK" in ln for ln in self.lines), 10, "mosquitto_sub SUBACK")
+        try:
+            wait_until(lambda: any("SUBACK" in ln for ln in self.lines), 10, "mosquitto_sub SUBACK")
+        except BaseException:
+            self.close()  # never returned to a fixture: stop it here
+            raise
 
     def _read(self) -> None:
         pending = b""
@@ -73,7 +79,27 @@ class MosquittoSub:
     def close(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(5)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def mosquitto_sub(mosquitto) -> Iterator[Callable[..., MosquittoSub]]:
+    """Starts ``MosquittoSub`` on the test broker; each is stopped at teardown, so a
+    test failing before ``messages()`` leaves no mosquitto_sub running."""
+    started: list[MosquittoSub] = []
+
+    def _start(topic: str, count: int = 1) -> MosquittoSub:
+        sub = MosquittoSub(mosquitto.port, topic, count)
+        started.append(sub)
+        return sub
+
+    yield _start
+    for sub in started:
+        sub.close()
 
 
 def _point(url: str, device: str) -> dict:
@@ -104,9 +130,9 @@ def test_body_with_ts_is_stored_at_that_time(gateway, mosquitto, influxdb, form)
     assert _point(influxdb.url, device)["time"] == ts_s * 1_000_000_000
 
 
-def test_mosquitto_sub_sees_the_alert(gateway, mosquitto, influxdb):
+def test_mosquitto_sub_sees_the_alert(gateway, mosquitto, influxdb, mosquitto_sub):
     device = unique("pub")
-    sub = MosquittoSub(mosquitto.port, f"factory/alerts/line1/{device}")
+    sub = mosquitto_sub(f"factory/alerts/line1/{device}")
     mosquitto_pub(mosquitto.port, f"factory/line1/{device}/reading", ANOMALOUS)
     (alert,) = sub.messages()
     assert alert["device"] == device and alert["line"] == "line1"
@@ -127,10 +153,12 @@ def test_mosquitto_sub_sees_the_alert(gateway, mosquitto, influxdb):
         ("temperature_c=71.2", "not_json", None),
     ],
 )
-def test_dead_letter_says_what_is_wrong_with_a_body(gateway, mosquitto, body, reason, field):
+def test_dead_letter_says_what_is_wrong_with_a_body(
+    gateway, mosquitto, mosquitto_sub, body, reason, field
+):
     device = unique("pub")
     topic = f"factory/line1/{device}/reading"
-    sub = MosquittoSub(mosquitto.port, f"factory/deadletter/line1/{device}")
+    sub = mosquitto_sub(f"factory/deadletter/line1/{device}")
     mosquitto_pub(mosquitto.port, topic, body)
     (letter,) = sub.messages()
     assert letter["reason"] == reason and letter["field"] == field
