@@ -94,6 +94,7 @@ from bench.naive_gateway import READY_MESSAGE
 from bench.probe import LatencyProbe, ProbeSpec
 from bench.profile import Profiler
 from bench.resources import ResourceSampler
+from contract import ALERTS_PREFIX, ALERTS_SUBSCRIPTION, DEADLETTER_SUBSCRIPTION, status_topic
 from devstack.influxdb import InfluxDB, query
 from devstack.mosquitto import Mosquitto
 from devstack.process import ManagedProcess, free_port, wait_until
@@ -167,7 +168,7 @@ class BusWatch:
         self.status: bytes | None = None
         self.alerts: Counter[str] = Counter()
         self.deadletters = 0
-        self._status_topic = f"factory/gateway/{gateway_id}/status"
+        self._status_topic = status_topic(gateway_id)
         self._subscribed = threading.Event()
         self.client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
@@ -175,7 +176,7 @@ class BusWatch:
             protocol=mqtt.MQTTv5,
         )
         self.client.on_connect = lambda c, *_: c.subscribe(
-            [(self._status_topic, 1), ("factory/alerts/#", 1), ("factory/deadletter/#", 1)]
+            [(self._status_topic, 1), (ALERTS_SUBSCRIPTION, 1), (DEADLETTER_SUBSCRIPTION, 1)]
         )
         self.client.on_subscribe = lambda *_: self._subscribed.set()
         self.client.on_message = self._on_message
@@ -186,7 +187,7 @@ class BusWatch:
     def _on_message(self, client, userdata, msg) -> None:
         if msg.topic == self._status_topic:
             self.status = msg.payload
-        elif msg.topic.startswith("factory/alerts/"):
+        elif msg.topic.startswith(ALERTS_PREFIX):
             body = orjson.loads(msg.payload)
             kind = "/".join(str(body[k]) for k in ("kind", "fault") if k in body)
             self.alerts[f"{kind}/{body.get('state')}"] += 1

@@ -27,7 +27,7 @@ from collections.abc import Callable
 import msgspec
 import orjson
 
-from contract import decode_reading, encode_reading
+from contract import decode_reading, encode_reading, reading_topic
 from sensors.simulator import Simulator
 
 
@@ -65,7 +65,7 @@ def _per_message_us(fn: Callable[[bytes], object], payloads: list[bytes], rounds
 def run(messages: int = 20_000, rounds: int = 7) -> dict:
     payloads = contract_payloads(messages)
     typed = msgspec.json.Decoder(_ReadingStruct)
-    topic = "factory/line1/press-01/reading"
+    topic = reading_topic("line1", "press-01")
     now_ns = time.time_ns()
     decoders: dict[str, Callable[[bytes], object]] = {
         "json.loads": json.loads,

@@ -30,7 +30,7 @@ import urllib3
 from paho.mqtt.enums import CallbackAPIVersion
 
 from common.logs import setup_logging
-from contract import READING_SUBSCRIPTION, alert_topic
+from contract import READING_SUBSCRIPTION, alert_topic, split_reading_topic
 from model.artifact import MODEL_FILE, read_metadata, resolve
 
 log = logging.getLogger("bench.naive_gateway")
@@ -75,7 +75,7 @@ class NaiveGateway:
 
     def _on_message(self, client, userdata, msg) -> None:
         data = json.loads(msg.payload)
-        _, line, device, _ = msg.topic.split("/")
+        line, device = split_reading_topic(msg.topic)
         values = {f: float(data[f]) for f in self.features}
         score = float(self.pipeline.score_samples([list(values.values())])[0])
         is_anomaly = score < self.offset

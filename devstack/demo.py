@@ -17,6 +17,12 @@ import threading
 from pathlib import Path
 
 from common.logs import setup_logging
+from contract import (
+    ALERTS_SUBSCRIPTION,
+    DEADLETTER_SUBSCRIPTION,
+    READING_SUBSCRIPTION,
+    reading_topic,
+)
 from devstack.influxdb import InfluxDB, ping
 from devstack.mosquitto import Mosquitto
 from devstack.process import ManagedProcess, port_open
@@ -177,10 +183,10 @@ def _print_where_to_look(api_started: bool) -> None:
         "",
         "The factory demo is running: simulated sensors -> Mosquitto -> gateway -> InfluxDB.",
         "",
-        "  Alerts (live):        mosquitto_sub -v -t 'factory/alerts/#'",
-        "  Rejected messages:    mosquitto_sub -v -t 'factory/deadletter/#'",
-        "  Raw readings:         mosquitto_sub -v -t 'factory/+/+/reading'",
-        "  Send a faulty one:    mosquitto_pub -t factory/line1/press-01/reading "
+        f"  Alerts (live):        mosquitto_sub -v -t '{ALERTS_SUBSCRIPTION}'",
+        f"  Rejected messages:    mosquitto_sub -v -t '{DEADLETTER_SUBSCRIPTION}'",
+        f"  Raw readings:         mosquitto_sub -v -t '{READING_SUBSCRIPTION}'",
+        f"  Send a faulty one:    mosquitto_pub -t {reading_topic('line1', 'press-01')} "
         '-m \'{"temperature_c": 95, "humidity_pct": 12, "sound_db": 104}\'',
         "  Stored readings:      influx -database factory -execute "
         "'SELECT * FROM reading ORDER BY time DESC LIMIT 10'",

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from contract import READING_SUBSCRIPTION
+from contract import READING_SUBSCRIPTION, SILENCE_SUBSCRIPTION
 from gateway.cluster.coordinator import Coordinator
 from gateway.config import GatewayConfig
 from gateway.deadletters import DeadLetters
@@ -25,7 +25,6 @@ from gateway.lineprotocol import encode_point
 from gateway.metrics import GatewayMetrics
 from gateway.model_reload import gateway_model_holder
 from gateway.pipeline import Processor
-from gateway.silence import SUBSCRIPTION as SILENCE_SUBSCRIPTION
 from gateway.sinks import InfluxV1Sink, Sink, WriteError, make_sink
 from gateway.spool import Spool
 from gateway.store import Store

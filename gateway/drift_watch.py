@@ -21,6 +21,7 @@ import numpy as np
 
 from contract import alert_topic
 from contract.payloads import alert_payload
+from contract.topics import GATEWAY_ALERT_LINE
 from gateway.config import DriftConfig
 from gateway.metrics import GatewayMetrics
 from model.drift import PSI_ALERT, DriftMonitor
@@ -29,7 +30,6 @@ from model.scorer import Scorer
 log = logging.getLogger(__name__)
 
 MODEL_DRIFT = "model_drift"
-GATEWAY_LINE = "_gateway"
 HINT = (
     "inputs no longer look like the training data: check sensors for recalibration, then "
     "retrain from recent history (python -m model retrain --influx-url ... --database ...)"
@@ -118,7 +118,7 @@ class DriftWatch:
         state = "firing" if firing else "resolved"
         payload = alert_payload(
             device=self._id,
-            line=GATEWAY_LINE,
+            line=GATEWAY_ALERT_LINE,
             ts_ns=time.time_ns(),
             kind=MODEL_DRIFT,
             state=state,
@@ -131,7 +131,7 @@ class DriftWatch:
             alert_rate_limit=round(limit, 4),
             hint=HINT if firing else "",
         )
-        self._publish(alert_topic(GATEWAY_LINE, self._id), payload, False)
+        self._publish(alert_topic(GATEWAY_ALERT_LINE, self._id), payload, False)
         self._metrics.count_alert(MODEL_DRIFT, state)
         log.warning(
             "model drift %s: features %s, alert rate %.3f (limit %.3f)",

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import orjson
 
-from contract import alert_topic
+from contract import alert_topic, state_topic
 from contract.payloads import alert_payload, rfc3339
 from gateway.alerts import FIRING, AlertTracker
 from gateway.config import GatewayConfig
@@ -25,10 +25,6 @@ from gateway.silence import Silences
 
 PROCESS_ANOMALY = "process_anomaly"
 SENSOR_FAULT = "sensor_fault"
-
-
-def state_topic(line: str, device: str) -> str:
-    return f"factory/state/{line}/{device}"
 
 
 class Notifier:

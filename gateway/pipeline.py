@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from contract import Reading, Rejected, decode_reading
 from contract.payloads import rfc3339
-from contract.topics import TopicError, parse_reading_topic
+from contract.topics import SILENCE_PREFIX, TopicError, parse_reading_topic
 from gateway.config import GatewayConfig
 from gateway.deadletters import DeadLetters
 from gateway.detection import AlertTransition, Detection
@@ -25,7 +25,6 @@ from gateway.intake import Message
 from gateway.lineprotocol import ReadingEncoder
 from gateway.metrics import GatewayMetrics
 from gateway.notifier import Notifier
-from gateway.silence import PREFIX as SILENCE_PREFIX
 from gateway.silence import Silences
 from gateway.writer import WriteBatch, Writer
 from model.reading_fields import required_fields

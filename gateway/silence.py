@@ -16,11 +16,10 @@ from dataclasses import dataclass
 
 import orjson
 
+from contract import SILENCE_ALL_DEVICES, TopicError, parse_silence_topic
 from contract.reading import DecodeLimits, Rejected, parse_ts
 
-PREFIX = "factory/silence/"
-SUBSCRIPTION = "factory/silence/#"
-ALL_DEVICES = "_all"
+# gateway/app.py still imports the subscription from here; the contract owns it.
 # A silence may reach this far ahead (a shutdown over a holiday, not forever).
 _MAX_AHEAD = DecodeLimits(max_future_s=90 * 86400.0, max_age_s=365 * 86400.0)
 
@@ -37,10 +36,10 @@ class Silences:
 
     def apply(self, topic: str, payload: bytes) -> tuple[str, str, Silence | None]:
         """Set or clear the silence a message describes; raises Rejected if malformed."""
-        parts = topic[len(PREFIX) :].split("/")
-        if len(parts) != 2 or not all(parts):
-            raise Rejected("bad_topic", "silence topic is factory/silence/<line>/<device|_all>")
-        line, device = parts
+        try:
+            line, device = parse_silence_topic(topic)
+        except TopicError as exc:
+            raise Rejected("bad_topic", str(exc)) from None
         if not payload:
             self._by_key.pop((line, device), None)
             return line, device, None
@@ -58,7 +57,7 @@ class Silences:
         return line, device, silence
 
     def active(self, line: str, device: str, now_ns: int) -> Silence | None:
-        for key in ((line, device), (line, ALL_DEVICES)):
+        for key in ((line, device), (line, SILENCE_ALL_DEVICES)):
             silence = self._by_key.get(key)
             if silence is not None and silence.until_ns > now_ns:
                 return silence

@@ -286,3 +286,112 @@ def test_arbitrary_objects_are_valid_or_rejected(obj):
     except (Rejected, TypeError):
         return
     assert all(math.isfinite(v) for v in r.values.values())
+
+
+def test_every_topic_keeps_its_wire_string():
+    import contract as c
+
+    assert c.READING_SUBSCRIPTION == "factory/+/+/reading"
+    assert c.reading_topic("l1", "d1") == "factory/l1/d1/reading"
+    assert c.alert_topic("l1", "d1") == "factory/alerts/l1/d1"
+    assert c.ALERTS_SUBSCRIPTION == "factory/alerts/#"
+    assert c.alert_topic("l1", "d1").startswith(c.ALERTS_PREFIX)
+    assert c.deadletter_topic("l1", "d1") == "factory/deadletter/l1/d1"
+    assert c.DEADLETTER_SUBSCRIPTION == "factory/deadletter/#"
+    assert c.state_topic("l1", "d1") == "factory/state/l1/d1"
+    assert c.STATE_SUBSCRIPTION == "factory/state/#"
+    assert c.silence_topic("l1", "_all") == "factory/silence/l1/_all"
+    assert c.SILENCE_PREFIX == "factory/silence/"
+    assert c.SILENCE_SUBSCRIPTION == "factory/silence/#"
+    assert c.status_topic("gw-1") == "factory/gateway/gw-1/status"
+    assert c.STATUS_SUBSCRIPTION == "factory/gateway/+/status"
+    assert c.shared_reading_subscription("g") == "$share/g/factory/+/+/reading"
+    assert c.partition_topic(3, "l1", "d1") == "factory/_part/3/l1/d1"
+    assert c.partition_subscription(3) == "factory/_part/3/+/+"
+    assert c.partition_ready_topic("g", 3) == "factory/cluster/g/partition/3"
+    assert c.partition_ready_subscription("g") == "factory/cluster/g/partition/+"
+
+
+def test_silence_topics_parse_to_line_and_device():
+    from contract import SILENCE_ALL_DEVICES, TopicError, parse_silence_topic, silence_topic
+
+    assert parse_silence_topic("factory/silence/line1/press-01") == ("line1", "press-01")
+    assert parse_silence_topic(silence_topic("l", SILENCE_ALL_DEVICES)) == ("l", "_all")
+    for bad in (
+        "factory/silence/line1",
+        "factory/silence/line1/",
+        "factory/silence//d",
+        "factory/silence/l/d/x",
+        "factory/state/l/d",
+    ):
+        with pytest.raises(TopicError, match="silence topic is factory/silence/"):
+            parse_silence_topic(bad)
+
+
+def test_status_topics_parse_to_the_gateway_id():
+    from contract import parse_status_topic, status_topic
+
+    assert parse_status_topic(status_topic("gw-1")) == "gw-1"
+    for other in (
+        "factory/gateway/gw-1",
+        "factory/gateway/gw-1/status/x",
+        "factory/alerts/gw-1/status",
+        "plant/gateway/gw-1/status",
+        "factory/cluster/g/partition/1",
+    ):
+        assert parse_status_topic(other) is None
+
+
+def test_partition_ready_topics_parse_to_the_partition_of_the_group():
+    from contract import parse_partition_ready_topic, partition_ready_topic
+
+    assert parse_partition_ready_topic(partition_ready_topic("g", 12), "g") == 12
+    assert parse_partition_ready_topic(partition_ready_topic("g", 12), "other") is None
+    assert parse_partition_ready_topic(partition_ready_topic("g2", 1), "g") is None
+    for bad in ("", "x", "-1", "1/2", "\u00b2", "\u0663"):
+        assert parse_partition_ready_topic(partition_ready_topic("g", bad), "g") is None
+    assert parse_partition_ready_topic("factory/gateway/gw-1/status", "g") is None
+
+
+def test_partition_topics_map_to_reading_topics_and_back():
+    from contract import (
+        parse_reading_topic,
+        partition_topic,
+        reading_topic,
+        reading_topic_of_partition,
+        split_reading_topic,
+    )
+    from contract.topics import UNKNOWN
+
+    reading = reading_topic("line-2", "mill_07")
+    line, device = split_reading_topic(reading)
+    assert (line, device) == ("line-2", "mill_07")
+    routed = partition_topic(5, line, device)
+    assert reading_topic_of_partition(routed) == reading
+    assert parse_reading_topic(reading_topic_of_partition(routed)) == ("line-2", "mill_07")
+    # Unchecked on the hot path: the scorer's parse rejects what routing let through.
+    assert split_reading_topic("factory/alerts/d/reading") == ("alerts", "d")
+    assert split_reading_topic("factory/l/reading") == (UNKNOWN, UNKNOWN)
+    assert reading_topic_of_partition("factory/_part/5") == "factory/_part/5"
+
+
+@given(
+    st.text(st.characters(exclude_characters="+#/ \\"), min_size=1, max_size=20),
+    st.text(st.characters(exclude_characters="+#/ \\"), min_size=1, max_size=20),
+    st.integers(min_value=0, max_value=4095),
+)
+def test_topic_builders_and_parsers_round_trip(line, device, p):
+    from contract import (
+        parse_silence_topic,
+        partition_topic,
+        reading_topic,
+        reading_topic_of_partition,
+        silence_topic,
+        split_reading_topic,
+    )
+
+    assert split_reading_topic(reading_topic(line, device)) == (line, device)
+    assert reading_topic_of_partition(partition_topic(p, line, device)) == reading_topic(
+        line, device
+    )
+    assert parse_silence_topic(silence_topic(line, device)) == (line, device)

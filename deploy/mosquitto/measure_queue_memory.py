@@ -24,6 +24,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from paho.mqtt.packettypes import PacketTypes  # noqa: E402
 from paho.mqtt.properties import Properties  # noqa: E402
 
+from contract import READING_SUBSCRIPTION, reading_topic  # noqa: E402
 from devstack.mosquitto import Mosquitto  # noqa: E402
 from devstack.process import free_port, wait_until  # noqa: E402
 
@@ -61,7 +62,7 @@ def park_subscriber(port: int) -> None:
     done = []
     client = _session(port)
     client.on_subscribe = lambda *a: done.append(True)
-    client.subscribe("factory/+/+/reading", qos=1)
+    client.subscribe(READING_SUBSCRIPTION, qos=1)
     client.loop_start()
     wait_until(lambda: bool(done), 10, "subscription")
     client.disconnect()
@@ -98,9 +99,10 @@ def publish(port: int, count: int) -> None:
     client.max_inflight_messages_set(200)
     client.connect("127.0.0.1", port)
     client.loop_start()
+    topic = reading_topic("line1", "press-01")
     try:
         for i in range(count):
-            info = client.publish("factory/line1/press-01/reading", READING % i, qos=1)
+            info = client.publish(topic, READING % i, qos=1)
             if i % 2000 == 1999:
                 info.wait_for_publish(60)
         info.wait_for_publish(60)

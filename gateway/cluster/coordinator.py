@@ -27,9 +27,15 @@ import threading
 import time
 
 from common.mqtt import MqttSettings
+from contract import (
+    STATUS_SUBSCRIPTION,
+    parse_partition_ready_topic,
+    parse_status_topic,
+    partition_ready_subscription,
+)
 from gateway.cluster.assignment import owned_partitions, owner
 from gateway.cluster.broker_version import VERSION_TOPIC, stall_warning
-from gateway.cluster.sessions import ConsumerSession, RoutingSession, ready_topic
+from gateway.cluster.sessions import ConsumerSession, RoutingSession
 from gateway.config import ClusterConfig
 from gateway.flow import HeldLimit
 from gateway.inbox import Inbox
@@ -37,8 +43,6 @@ from gateway.intake import Message
 from gateway.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
-
-STATUS_SUBSCRIPTION = "factory/gateway/+/status"
 
 
 def ingest_client_id(group: str, gateway_id: str) -> str:
@@ -70,7 +74,6 @@ class Coordinator:
         self._rescues: dict[str, RoutingSession] = {}
         self._rescued: set[str] = set()
         self._ready: set[int] = set()
-        self._ready_prefix = ready_topic(cfg.group, "")
         self._warned_version = False  # once per process, not on every reconnect
         self._thread = threading.Thread(target=self._run, name="cluster", daemon=True)
         self.router = RoutingSession(
@@ -86,7 +89,7 @@ class Coordinator:
     @property
     def subscriptions(self) -> tuple[str, ...]:
         """What the gateway's main session must subscribe to for the coordinator."""
-        return (STATUS_SUBSCRIPTION, ready_topic(self._cfg.group, "+"), VERSION_TOPIC)
+        return (STATUS_SUBSCRIPTION, partition_ready_subscription(self._cfg.group), VERSION_TOPIC)
 
     def _is_ready(self, partition: int) -> bool:
         return partition in self._ready
@@ -99,18 +102,19 @@ class Coordinator:
                 self._warned_version = True
                 log.warning("%s", warning)
             return True
-        parts = topic.split("/")
-        if topic.startswith(self._ready_prefix):
-            if payload == b"ready" and parts[-1].isdigit():
-                self._ready.add(int(parts[-1]))
+        partition = parse_partition_ready_topic(topic, self._cfg.group)
+        if partition is not None:
+            if payload == b"ready":
+                self._ready.add(partition)
                 self._changed.set()  # the coordinator thread forwards held readings
             return True
-        if len(parts) != 4 or parts[:2] != ["factory", "gateway"] or parts[3] != "status":
+        member = parse_status_topic(topic)
+        if member is None:
             return False
         online = payload == b"online"
         with self._lock:
-            if self._status.get(parts[2]) != online:
-                self._status[parts[2]] = online
+            if self._status.get(member) != online:
+                self._status[member] = online
                 self._changed.set()
         return True
 

@@ -24,6 +24,14 @@ from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from common.mqtt import MqttSettings, disable_nagle, make_client, start
+from contract import (
+    partition_ready_topic,
+    partition_subscription,
+    partition_topic,
+    reading_topic_of_partition,
+    shared_reading_subscription,
+    split_reading_topic,
+)
 from gateway.cluster.assignment import partition_of
 from gateway.flow import HeldLimit
 from gateway.inbox import Inbox
@@ -31,22 +39,8 @@ from gateway.intake import Message
 
 log = logging.getLogger(__name__)
 
-PARTITION_ROOT = "factory/_part"
 # MQTT 5 reason code: another connection with our client id took the session over.
 SESSION_TAKEN_OVER = 0x8E
-
-
-def partition_topic(p: int, line: str, device: str) -> str:
-    return f"{PARTITION_ROOT}/{p}/{line}/{device}"
-
-
-def shared_reading_subscription(group: str) -> str:
-    return f"$share/{group}/factory/+/+/reading"
-
-
-def ready_topic(group: str, partition: int | str) -> str:
-    """Retained marker: partition p has a subscribed session, forwarding is safe."""
-    return f"factory/cluster/{group}/partition/{partition}"
 
 
 def _expire_now() -> Properties:
@@ -107,13 +101,13 @@ class ConsumerSession(_Session):
         gate: HeldLimit | None = None,
     ):
         super().__init__(
-            settings, f"{group}-part-{partition}", (f"{PARTITION_ROOT}/{partition}/+/+",)
+            settings, f"{group}-part-{partition}", (partition_subscription(partition),)
         )
         self.client.receive_gate = gate  # the gateway's memory bound covers every session
         self._gate = gate
         self.partition = partition
         self._inbox = inbox
-        self._ready_topic = ready_topic(group, partition)
+        self._ready_topic = partition_ready_topic(group, partition)
         self.client.on_message = self._on_message
         self.client.on_subscribe = self._on_subscribe
 
@@ -126,9 +120,7 @@ class ConsumerSession(_Session):
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         if not self.accepting:
             return  # released: the next owner gets it redelivered
-        # factory/_part/<p>/<line>/<device> -> the reading topic the contract knows
-        parts = msg.topic.split("/", 4)
-        topic = f"factory/{parts[3]}/{parts[4]}/reading" if len(parts) == 5 else msg.topic
+        topic = reading_topic_of_partition(msg.topic)
         self._inbox.put(Message(topic, msg.payload, msg.mid, msg.qos, time.time_ns(), client))
         if self._gate is not None:
             self._gate.taken()
@@ -168,8 +160,7 @@ class RoutingSession(_Session):
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         self.last_message = time.monotonic()
-        parts = msg.topic.split("/")
-        line, device = (parts[1], parts[2]) if len(parts) == 4 else ("_", "_")
+        line, device = split_reading_topic(msg.topic)
         p = partition_of(line, device, self._partitions)
         if not self._is_ready(p):
             with self._lock:

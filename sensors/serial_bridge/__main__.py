@@ -16,6 +16,7 @@ import threading
 from common import sdnotify
 from common.config import ConfigError, redacted
 from common.logs import setup_logging
+from contract import reading_topic
 from sensors.cli_support import stop_on_signals
 from sensors.publisher import ReadingPublisher
 from sensors.serial_bridge.bridge import SerialBridge
@@ -51,10 +52,9 @@ def run(cfg: BridgeConfig, stop: threading.Event) -> int:
         metrics = MetricsServer(stats, publisher, publisher.connected)
         metrics.start(cfg.stats.metrics_host, cfg.stats.metrics_port)
     log.info(
-        "bridging %s -> factory/%s/%s/reading via %s:%d (client id %s)",
+        "bridging %s -> %s via %s:%d (client id %s)",
         cfg.port,
-        cfg.line,
-        cfg.device,
+        reading_topic(cfg.line, cfg.device),
         cfg.mqtt.host,
         cfg.mqtt.port,
         cfg.client_id,
