@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +42,7 @@ import paho.mqtt.client as mqtt
 import urllib3
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.baseline import baseline_tree
 from bench.bench_gateway import BusWatch, dump_toml, ensure_model
 from bench.loadgen import LoadGenerator, LoadSpec
 from common.logs import setup_logging
@@ -96,22 +96,6 @@ class Sampler(threading.Thread):
         self._halt.set()
         self.join(5)
         return self.samples
-
-
-def baseline_tree(rev: str) -> Path:
-    """A worktree of ``rev`` (made once, reused)."""
-    sha = subprocess.run(
-        ["git", "rev-parse", "--short", rev], cwd=ROOT, check=True, capture_output=True, text=True
-    ).stdout.strip()
-    tree = ROOT / "var" / "bench" / f"baseline-{sha}"
-    if not tree.exists():
-        subprocess.run(
-            ["git", "worktree", "add", "--detach", str(tree), sha],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-        )
-    return tree
 
 
 class Stack:

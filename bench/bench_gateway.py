@@ -15,6 +15,10 @@ default the model CLI's default, ``dynamics``; or ``--model PATH``), and runs
 paths, ``[alerts] fire_after = resolve_after = 1``; more with ``--set``).
 Load comes from ``bench.loadgen`` publisher processes, QoS 1, 200 devices on 10 lines.
 
+``--baseline REV`` runs the gateway scenarios (1-3) twice in the same invocation, same
+model and config: first with the gateway of git revision REV (a worktree under
+``var/bench``, see ``bench.baseline``), then with this tree's; side by side, as below.
+
 ``--compare-models [SPEC]`` runs the gateway scenarios (1-3) once per model in the same
 invocation, each on a fresh broker, InfluxDB and gateway, one model after the other,
 and prints them side by side.  SPEC is a comma list of ``LABEL=MODEL`` or ``MODEL``,
@@ -88,6 +92,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from bench import decode_bench
+from bench.baseline import baseline_tree
 from bench.gateway_report import add_efficiency, brief, format_report
 from bench.loadgen import LoadGenerator, LoadResult, LoadSpec, device_table
 from bench.naive_gateway import READY_MESSAGE
@@ -302,7 +307,15 @@ def gateway_config(
 class GatewayRunner:
     """``python -m gateway --config <generated toml>``, restartable (same session)."""
 
-    def __init__(self, config_path: Path, log_path: Path, watch: BusWatch, metrics_port: int):
+    def __init__(
+        self,
+        config_path: Path,
+        log_path: Path,
+        watch: BusWatch,
+        metrics_port: int,
+        tree: Path = ROOT,
+    ):
+        self._tree = tree
         self._config = config_path
         self._log = log_path
         self._watch = watch
@@ -324,7 +337,7 @@ class GatewayRunner:
             self._log,
             ready=lambda: self._watch.status == b"online",
             env=self._env,
-            cwd=ROOT,
+            cwd=self._tree,
         )
         started = time.time()
         self.process.start(120)
@@ -833,18 +846,22 @@ def run_model(
     model: Path,
     checked: tuple[dict[str, float], dict],
     naive_model: Path | None,
+    tree: Path = ROOT,
 ) -> dict:
-    """The scenarios of ``settings`` against one model, on a stack of their own."""
+    """The scenarios of ``settings`` against one model and the gateway of ``tree``, on a
+    stack of their own."""
     workdir.mkdir(parents=True, exist_ok=True)
     normal, model_info = checked
     metrics_port = free_port()
-    cfg = gateway_config(args.gateway_config, workdir, model, metrics_port, args.set)
+    base_config = args.gateway_config if tree == ROOT else tree / "config" / "gateway.toml"
+    cfg = gateway_config(base_config, workdir, model, metrics_port, args.set)
     result: dict = {
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "loadavg_before": loadavg(),
         "settings": settings.__dict__,
         "broker_nodelay": args.broker_nodelay,
         "model": {"path": str(model), **model_info},
+        "gateway_tree": str(tree),
         "scenarios": {},
     }
     stack_started: list = []
@@ -863,7 +880,7 @@ def run_model(
         config_path = workdir / "gateway.toml"
         config_path.write_text(dump_toml(cfg) + "\n")
         result["gateway_config"] = cfg
-        gateway = GatewayRunner(config_path, workdir / "gateway.log", watch, metrics_port)
+        gateway = GatewayRunner(config_path, workdir / "gateway.log", watch, metrics_port, tree)
         stack: Stack
 
         def naive_pids() -> list[int]:
@@ -929,7 +946,19 @@ def run(settings: BenchSettings, args: argparse.Namespace, workdir: Path) -> dic
         naive_model = naive_model_for([m for _, m in models], args)
     # Every model must pass the probe check before anything runs.
     checked = [check_model(model, settings, args) for _, model in models]
-    if not args.compare_models:
+    # (label, model, check, gateway tree) per run: models compared, or the same model
+    # with the baseline's gateway and then this tree's.
+    if args.baseline:
+        runs = [
+            (f"before {args.baseline}", models[0][1], checked[0], baseline_tree(args.baseline)),
+            ("after", models[0][1], checked[0], ROOT),
+        ]
+    else:
+        runs = [
+            (label, model, check, ROOT)
+            for (label, model), check in zip(models, checked, strict=True)
+        ]
+    if len(runs) == 1:
         result = run_model(settings, args, workdir, models[0][1], checked[0], naive_model)
         return {"machine": machine_info(), **result}
     result: dict = {
@@ -940,17 +969,18 @@ def run(settings: BenchSettings, args: argparse.Namespace, workdir: Path) -> dic
         "runs": {},
     }
     once = ("naive", "decode")
-    for i, (label, model) in enumerate(models):
+    for i, (label, model, check, tree) in enumerate(runs):
         scenarios = tuple(n for n in settings.scenarios if i == 0 or n not in once)
-        log.info("model %s: %s (%s)", label, model, ",".join(scenarios))
+        log.info("run %s: %s, gateway of %s (%s)", label, model, tree, ",".join(scenarios))
         run_settings = dataclasses.replace(settings, scenarios=scenarios)
         result["runs"][label] = run_model(
             run_settings,
             args,
-            workdir / label,
+            workdir / label.replace(" ", "-"),
             model,
-            checked[i],
+            check,
             naive_model if i == 0 else None,
+            tree,
         )
     first = next(iter(result["runs"].values()))["scenarios"]
     for run_result in list(result["runs"].values())[1:]:
@@ -1020,6 +1050,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="LABEL=MODEL,...",
         help=f"run (1)-(3) once per model (detector name or path) and compare [{COMPARE_DEFAULT}]",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="run (1)-(3) with the gateway of git revision REV, then this tree's, and compare",
+    )
     parser.add_argument("--models-dir", type=Path, default=ROOT / "var" / "bench" / "models")
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--gateway-config", type=Path, default=ROOT / "config" / "gateway.toml")
@@ -1044,6 +1079,8 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(settings.scenarios) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenario(s): {sorted(unknown)}")
+    if args.compare_models and args.baseline:
+        parser.error("give --compare-models or --baseline, not both")
     if args.compare_models and (args.model or args.detector):
         parser.error("--compare-models names its models: drop --model/--detector")
     if args.detector and args.model:
@@ -1062,7 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
     output.write_text(json.dumps(result, indent=2, default=str) + "\n")
     runs = result.get("runs") or {"": result}
     for label, _ in runs.items():
-        raw_profile = workdir / label / "profile.txt"
+        raw_profile = workdir / label.replace(" ", "-") / "profile.txt"
         if raw_profile.exists():  # collapsed stacks, e.g. for flamegraph.pl or speedscope
             suffix = f".{label}.pyspy.txt" if label else ".pyspy.txt"
             shutil.copyfile(raw_profile, output.with_suffix(suffix))
