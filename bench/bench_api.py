@@ -2,6 +2,7 @@
 
     python -m bench.bench_api                       # ~3 min on 2 cores
     python -m bench.bench_api --model var/models/current --repeat 5
+    python -m bench.bench_api --baseline 8e3c1f6    # also REV's API, same run, same model
 
 Starts the API (``python -m api``) on a free port in a few gunicorn set-ups, and in
 the same run the naive approach: Flask's development server with the sklearn
@@ -49,6 +50,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.baseline import baseline_tree
 from bench.rawhttp import RawClient, build_request
 from bench.resources import connections_by_process, cpu_seconds, process_tree
 from devstack.process import free_port
@@ -205,13 +207,15 @@ class Server:
     env: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    # The source tree it runs from (``--baseline``: another revision's worktree).
+    tree: Path = ROOT
 
     def __enter__(self) -> Server:
         log_path = Path(tempfile.gettempdir()) / f"bench-api-{self.port}.log"
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [*self.argv, "--port", str(self.port)],
-                cwd=ROOT,
+                cwd=self.tree,
                 env={**os.environ, **self.env},
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -349,7 +353,16 @@ def serve_in_process(model: Path, count: int, influx_url: str, influx_db: str) -
 DEFAULT_SETUPS = "gthread:2x2,sync:3,sync:2,naive"
 
 
-def make_server(setup: str, model: Path) -> Server:
+def make_server(setup: str, model: Path, tree: Path | None = None) -> Server:
+    """A set-up of this tree's API, or with ``tree`` of another revision's (same model)."""
+    server = _make_server(setup, model)
+    if tree is not None:
+        server.tree = tree
+        server.name = f"{server.name} [{tree.name}]"
+    return server
+
+
+def _make_server(setup: str, model: Path) -> Server:
     kind, _, size = setup.strip().partition(":")
     try:
         if kind == "naive" and not size:
@@ -504,6 +517,11 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="LINE/DEVICE named in every record: stateful models read its stored history",
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the API of git revision REV (a worktree) in each set-up, same rounds",
+    )
     parser.add_argument("--influx-url", default="", help="InfluxDB the API reads history from")
     parser.add_argument("--influx-db", default="factory", help="its database (default factory)")
     parser.add_argument(
@@ -553,6 +571,11 @@ def main(argv: list[str] | None = None) -> int:
             f"of {args.duration:g} s"
         )
         servers = [make_server(setup, model) for setup in setups]
+        if args.baseline:
+            tree = baseline_tree(args.baseline)
+            servers = [
+                make_server(setup, model, tree) for setup in setups if setup != "naive"
+            ] + servers
         rows = run_all(servers, args)
         app_us = in_process_us(model, args.in_process_count, workload)
     print_report(rows, args.clients)
