@@ -204,8 +204,10 @@ def scenario_hang(tree: Path, model: Path, args: argparse.Namespace) -> dict:
                 "all_stored_after_thaw_s": round(drained_at - thawed_at, 1),
             }
         finally:
-            sampler.stop()
-            st.close()
+            try:
+                sampler.stop()
+            finally:
+                st.close()  # no service outlives the run
 
 
 def scenario_flood(tree: Path, model: Path, args: argparse.Namespace) -> dict:
@@ -232,8 +234,10 @@ def scenario_flood(tree: Path, model: Path, args: argparse.Namespace) -> dict:
                 "held_peak_gauge": samples.peak("gateway_held_readings_peak") or None,
             }
         finally:
-            sampler.stop()
-            st.close()
+            try:
+                sampler.stop()
+            finally:
+                st.close()  # no service outlives the run
 
 
 def publish_qos0(port: int, n: int) -> int:
