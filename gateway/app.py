@@ -24,9 +24,11 @@ from gateway.intake import Message, MqttIntake, ack_all
 from gateway.lineprotocol import encode_point
 from gateway.metrics import GatewayMetrics
 from gateway.model_reload import gateway_model_holder
+from gateway.outbox import Sender
 from gateway.pipeline import Processor
 from gateway.sinks import InfluxV1Sink, Sink, WriteError, make_sink
 from gateway.spool import Spool
+from gateway.stages.chain import build_chain
 from gateway.store import Store
 from gateway.writer import Writer
 from model.scorer import Scorer, load_scorer
@@ -110,16 +112,17 @@ class Gateway:
             on_settled=self.held_limit.settled,
             on_spooled=self.drainer.wake if self.drainer is not None else None,
         )
+        # The core: its stages over each micro-batch, and the one way out of it.
         self.processor = Processor(
-            cfg,
+            cfg.pipeline,
             self._inbox,
             self.scorer,
-            self.writer,
-            self.intake.publish,
+            build_chain(
+                cfg, self.metrics, shadow=(lambda: self.shadow.current) if self.shadow else None
+            ),
+            Sender(self.intake.publish, dead_letters, self.writer),
             self.metrics,
             on_fatal=self._fatal,
-            dead_letters=dead_letters,
-            shadow=(lambda: self.shadow.current) if self.shadow else None,
         )
         self.failed = threading.Event()
         # Set by a signal handler or a fatal error; the main thread then calls stop().

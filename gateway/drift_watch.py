@@ -5,9 +5,10 @@
 - Alert rate: the share of readings scored anomalous over a sliding window, against
   what the model alarmed on validation data.
 
-Either one above its limit publishes a ``model_drift`` alert (with a hint to retrain)
-on ``factory/alerts/_gateway/<gateway-id>``, once, and a ``resolved`` when it clears;
-the PSI per feature is also exported as a metric.
+Either one above its limit makes a ``model_drift`` transition, once, and a ``resolved``
+one when it clears; the notify stage (:class:`gateway.notifier.Notifier`) publishes it
+on ``factory/alerts/_gateway/<gateway-id>`` (with a hint to retrain), by the same rules
+as every other alert.  The PSI per feature is also exported as a metric.
 """
 
 from __future__ import annotations
@@ -15,16 +16,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from contract import alert_topic
-from contract.payloads import alert_payload
-from contract.topics import GATEWAY_ALERT_LINE
 from gateway.config import DriftConfig
 from gateway.metrics import GatewayMetrics
-from model.drift import PSI_ALERT, DriftMonitor
+from model.drift import DriftMonitor
 from model.scorer import Scorer
 
 log = logging.getLogger(__name__)
@@ -36,18 +34,25 @@ HINT = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class DriftTransition:
+    """The model started (``firing``) or stopped (``resolved``) looking out of date."""
+
+    gateway_id: str
+    state: str
+    ts_ns: int
+    model_version: str
+    psi: dict[str, float]  # per watched feature
+    drifting: list[str]  # features with PSI at alert level
+    alert_rate: float
+    alert_rate_limit: float
+
+
 class DriftWatch:
-    def __init__(
-        self,
-        cfg: DriftConfig,
-        gateway_id: str,
-        metrics: GatewayMetrics,
-        publish: Callable[[str, bytes, bool], None],
-    ):
+    def __init__(self, cfg: DriftConfig, gateway_id: str, metrics: GatewayMetrics):
         self._cfg = cfg
         self._id = gateway_id
         self._metrics = metrics
-        self._publish = publish
         self._monitor: DriftMonitor | None = None
         self._columns: list[int] = []
         self._version: str | None = None
@@ -94,9 +99,10 @@ class DriftWatch:
             self._seen -= old_n
             self._anomalous -= old_k
 
-    def check(self, now: float, model_version: str) -> None:
+    def check(self, now: float, model_version: str) -> DriftTransition | None:
+        """Every ``check_interval_s``: a transition when drift starts or ends, else None."""
         if not self._cfg.enabled or now < self._next_check:
-            return
+            return None
         self._next_check = now + self._cfg.check_interval_s
         psi: dict[str, float] = {}
         drifting: list[str] = []
@@ -113,30 +119,23 @@ class DriftWatch:
         rate_high = self._seen >= self._cfg.alert_rate_window and rate > limit
         firing = bool(drifting) or rate_high
         if firing == self._firing:
-            return
+            return None
         self._firing = firing
         state = "firing" if firing else "resolved"
-        payload = alert_payload(
-            device=self._id,
-            line=GATEWAY_ALERT_LINE,
-            ts_ns=time.time_ns(),
-            kind=MODEL_DRIFT,
-            state=state,
-            score=max(psi.values(), default=0.0),
-            threshold=PSI_ALERT,
-            values=psi,
-            model_version=model_version,
-            drifting_features=drifting,
-            alert_rate=round(rate, 4),
-            alert_rate_limit=round(limit, 4),
-            hint=HINT if firing else "",
-        )
-        self._publish(alert_topic(GATEWAY_ALERT_LINE, self._id), payload, False)
-        self._metrics.count_alert(MODEL_DRIFT, state)
         log.warning(
             "model drift %s: features %s, alert rate %.3f (limit %.3f)",
             state,
             drifting or "-",
             rate,
             limit,
+        )
+        return DriftTransition(
+            self._id,
+            state,
+            time.time_ns(),
+            model_version,
+            psi,
+            drifting,
+            round(rate, 4),
+            round(limit, 4),
         )

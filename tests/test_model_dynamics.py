@@ -202,16 +202,10 @@ def test_drift_watch_compares_the_raw_fields_of_the_time_aware_model(tmp_path: P
     detector, meta = train_dynamics(_dataset(8, 3, 1500), params=SMALL)
     scorer = load_scorer(save_artifact(tmp_path, detector, meta))
     assert scorer.drift_columns == FIELDS
-    published: list[tuple[str, bytes, bool]] = []
 
     def psi_after(shift: float) -> dict[str, float]:
         metrics = GatewayMetrics("gw")
-        watch = DriftWatch(
-            DriftConfig(window=4000, check_interval_s=0.0),
-            "gw",
-            metrics,
-            lambda *m: published.append(m),
-        )
+        watch = DriftWatch(DriftConfig(window=4000, check_interval_s=0.0), "gw", metrics)
         data = _dataset(8, 3, 1500)
         values = data.X + np.array([shift, 0.0, 0.0])
         batch = scorer.new_inputs().build(list(data.groups), data.ts_ns, values)
