@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from contract import READING_SUBSCRIPTION, SILENCE_SUBSCRIPTION
+from contract.lineprotocol import encode_point
 from gateway.cluster.coordinator import Coordinator
 from gateway.config import GatewayConfig
 from gateway.deadletters import DeadLetters
@@ -21,7 +22,6 @@ from gateway.drainer import Drainer
 from gateway.flow import HeldLimit
 from gateway.inbox import Inbox
 from gateway.intake import Message, MqttIntake, ack_all
-from gateway.lineprotocol import encode_point
 from gateway.metrics import GatewayMetrics
 from gateway.model_reload import gateway_model_holder
 from gateway.outbox import Sender

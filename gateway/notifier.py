@@ -27,12 +27,12 @@ from typing import Any
 import orjson
 
 from contract import Reading, alert_topic, state_topic
+from contract.lineprotocol import encode_point
 from contract.payloads import alert_payload, rfc3339
 from contract.topics import GATEWAY_ALERT_LINE
 from gateway.alerts import FIRING, AlertTracker
 from gateway.detection import PROCESS_ANOMALY, SENSOR_FAULT, AlertTransition
 from gateway.drift_watch import HINT, MODEL_DRIFT, DriftTransition
-from gateway.lineprotocol import encode_point
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Outbox
 from gateway.sensor_faults import FaultTransition, SensorFaults

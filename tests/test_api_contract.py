@@ -29,8 +29,8 @@ from api.config import (
 from common.config import ConfigError
 from common.mqtt import MqttSettings
 from contract import DEFAULT_FIELDS
+from contract.lineprotocol import encode_point
 from devstack.process import free_port
-from gateway.lineprotocol import encode_point
 from model.scorer import load_scorer
 from tests.conftest import TEST_DB
 from tests.helpers import ROOT, train_model, unique

@@ -16,9 +16,9 @@ from api.app import create_app
 from api.config import ApiConfig, InfluxQueryConfig, ModelConfig
 from api.series import MAX_HISTORY_DEVICES
 from contract import parse_wire_ns
+from contract.lineprotocol import ReadingEncoder
 from devstack.process import free_port
 from gateway.config import GatewayConfig
-from gateway.lineprotocol import ReadingEncoder
 from model.reading_fields import required_fields
 from model.scorer import load_scorer
 from tests.conftest import TEST_DB

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from common.config import ConfigError, load_config, redacted
 from contract import Reading, Rejected
+from contract.lineprotocol import encode_point
 from gateway.alerts import FIRING, PENDING, RESOLVED, AlertTracker
 from gateway.cluster.broker_version import FIXED_IN, mosquitto_version, stall_warning
 from gateway.config import (
@@ -20,7 +21,6 @@ from gateway.config import (
     SensorFaultConfig,
     load_gateway_config,
 )
-from gateway.lineprotocol import encode_point
 from gateway.sensor_faults import SensorFaults
 from gateway.silence import Silences
 from tests.helpers import ROOT
@@ -236,7 +236,7 @@ def test_silences_by_device_and_line():
 def test_the_scorers_pre_formatted_reading_line_matches_the_generic_encoder(
     values, score, seq, gateway
 ):
-    from gateway.lineprotocol import ReadingEncoder, format_field
+    from contract.lineprotocol import ReadingEncoder, format_field
 
     fields: dict = dict(values)
     tail = ""
@@ -258,7 +258,7 @@ def test_the_scorers_pre_formatted_reading_line_matches_the_generic_encoder(
 
 
 def test_reading_encoder_matches_the_generic_encoder():
-    from gateway.lineprotocol import ReadingEncoder
+    from contract.lineprotocol import ReadingEncoder
 
     enc = ReadingEncoder(max_cached=2)
     fields = {"temperature_c": 71.5, "score": 0.25, "is_anomaly": False, "seq": 7}

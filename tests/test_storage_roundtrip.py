@@ -22,13 +22,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from contract import DEFAULT_FIELDS, DecodeLimits, FieldSpec, Rejected, decode_reading
+from contract.lineprotocol import ReadingEncoder
 from contract.reading import MAX_SEQ, Reading
 from contract.topics import parse_reading_topic, valid_name
 from devstack.influxdb import query
-from devstack.process import free_port
+from devstack.process import free_port, wait_until
 from devstack.victoria import VictoriaMetrics
 from gateway.config import InfluxConfig
-from gateway.lineprotocol import ReadingEncoder
 from gateway.sinks import InfluxV1Sink, InfluxV2Sink
 
 pytestmark = pytest.mark.integration
@@ -186,21 +186,34 @@ def test_every_accepted_reading_reads_back_through_the_v2_write_path(v2_sink, ba
     vm, sink = v2_sink
     version = f"rt{next(_examples)}"
     sink.write(encode(batch, version), timeout_s=10)
-    vm.flush()
-    # VictoriaMetrics keeps one series per field (reading_<field>), numbers to 12
-    # significant digits and time in milliseconds: names must come back exactly, values
-    # to that precision (InfluxDB 1.x above shows them exact, bit for bit).
-    got: dict[tuple[str, str, str, int], float] = {}
-    for series in vm.export(f'{{model_version="{version}"}}'):
-        labels = series["metric"]
-        field = labels["__name__"].removeprefix("reading_")
-        for ts_ms, value in zip(series["timestamps"], series["values"], strict=True):
-            got[(labels["line"], labels["device"], field, ts_ms)] = value
+    # VictoriaMetrics keeps one series per field (reading_<field>), time in milliseconds
+    # and numbers as decimals: about 12 significant digits of the largest value stored
+    # beside them, and magnitudes as small as 5e-324 become 0.  Names must come back
+    # exactly, values to that precision (InfluxDB 1.x above shows them exact, bit for bit).
     expected = {}
     for _payload, reading, score, flag in batch:
         for field, value in expected_fields(reading, score, flag).items():
             key = (reading.line, reading.device, field, reading.ts_ns // 1_000_000)
             expected[key] = float(value)
+
+    def stored() -> dict[tuple[str, str, str, int], float]:
+        vm.flush()
+        got = {}
+        for series in vm.export(f'{{model_version="{version}"}}'):
+            labels = series["metric"]
+            field = labels["__name__"].removeprefix("reading_")
+            for ts_ms, value in zip(series["timestamps"], series["values"], strict=True):
+                got[(labels["line"], labels["device"], field, ts_ms)] = value
+        return got
+
+    # New series become searchable a moment after the write is acknowledged.
+    wait_until(lambda: len(stored()) >= len(expected), 10, "the points in VictoriaMetrics")
+    got = stored()
     assert got.keys() == expected.keys()
+    largest: dict[tuple[str, str, str], float] = {}
+    for (line, device, field, _), value in expected.items():
+        largest[line, device, field] = max(largest.get((line, device, field), 0.0), abs(value))
     for key, value in expected.items():
-        assert got[key] == pytest.approx(value, rel=1e-11, abs=1e-300), key
+        assert got[key] == pytest.approx(
+            value, rel=1e-11, abs=max(1e-11 * largest[key[:3]], 1e-20)
+        ), key

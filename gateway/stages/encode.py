@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from contract import Reading
+from contract.lineprotocol import ReadingEncoder
 from gateway.detection import Decisions
 from gateway.intake import Message
-from gateway.lineprotocol import ReadingEncoder
 from gateway.outbox import Outbox
 
 

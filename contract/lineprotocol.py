@@ -1,7 +1,9 @@
-"""InfluxDB line protocol encoding (shared by the v1 and v2 sinks).
+"""The InfluxDB schema's one encoder: line protocol for the points the gateway writes.
 
-Hand-written because it is the hot path and the format is tiny; the escaping rules
-follow the InfluxDB line protocol reference.
+Beside :mod:`contract.schema` (the names), so everything written to InfluxDB is encoded
+in one place; what the contract accepts round-trips through it exactly
+(``tests/test_storage_roundtrip.py``).  Hand-written because it is the hot path and the
+format is tiny; the escaping rules follow the InfluxDB line protocol reference.
 """
 
 from __future__ import annotations
