@@ -25,6 +25,13 @@ SEQ = "seq"
 WARMING_UP = "warming_up"
 GATEWAY = "gateway"
 
+# Tag and field of `sensor_fault` (besides LINE and DEVICE): the fault's kind, and
+# whether it is active (1 at its start, 0 when it clears).
+KIND = "kind"
+ACTIVE = "active"
+
+# Tags of `gateway` (health points): GATEWAY (the gateway's id) and MODEL_VERSION.
+
 # Names a sensor field may not take: they are the reading's tags and other fields,
 # InfluxQL's `time`, and the wire's `ts`/`seq`.
 RESERVED_FIELD_NAMES = frozenset(

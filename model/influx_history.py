@@ -1,4 +1,5 @@
-"""Read scored readings and sensor-fault flags back from InfluxDB 1.x (v1 ``/query``).
+"""Read scored readings and sensor-fault flags back from InfluxDB (v1 ``/query``, through
+the shared client :mod:`common.influx`).
 
 The gateway writes measurement ``reading`` (tags line, device, model_version; fields
 temperature_c, humidity_pct, sound_db, ..., score, is_anomaly) and, for sensor faults,
@@ -13,43 +14,36 @@ arrays, and more than ``max_rows`` readings is refused with a clear error.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import orjson
-import urllib3
+
+from common.influx import InfluxClient, InfluxError, InfluxSettings
+from common.influxql import quote_ident, quote_string, regex_literal
+from contract.schema import (
+    ACTIVE,
+    DEVICE,
+    IS_ANOMALY,
+    KIND,
+    LINE,
+    READING,
+    SCORE,
+    SENSOR_FAULT,
+)
 
 _LOG = logging.getLogger(__name__)
 
-READING = "reading"
-SENSOR_FAULT = "sensor_fault"
 NS = 1_000_000_000
+# A failed connection is tried again this often (with back-off): retraining is a batch
+# job that can wait a little, not a request.
+QUERY_RETRIES = 3
+GROUP_BY_DEVICE = f"GROUP BY {quote_ident(LINE)}, {quote_ident(DEVICE)}"
 
 
 class HistoryError(RuntimeError):
     """InfluxDB could not be queried, or the history cannot be used; says why."""
-
-
-def quote_ident(name: str) -> str:
-    """InfluxQL double-quoted identifier."""
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def quote_string(value: str) -> str:
-    """InfluxQL single-quoted string literal."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def regex_literal(pattern: str) -> str:
-    """InfluxQL /regex/ literal; the pattern is checked with Python's re first."""
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise HistoryError(f"invalid device regex {pattern!r}: {exc}") from None
-    return "/" + pattern.replace("/", "\\/") + "/"
 
 
 @dataclass(frozen=True)
@@ -64,14 +58,19 @@ class HistoryFilter:
         hi = self.until_ns if until_ns is None else until_ns
         parts = [f"time >= {lo}", f"time < {hi}"]
         if self.line is not None:
-            parts.append(f'"line" = {quote_string(self.line)}')
+            parts.append(f"{quote_ident(LINE)} = {quote_string(self.line)}")
         if self.device_regex is not None:
-            parts.append(f'"device" =~ {regex_literal(self.device_regex)}')
+            try:
+                regex = regex_literal(self.device_regex, "device regex")
+            except ValueError as exc:
+                raise HistoryError(str(exc)) from None
+            parts.append(f"{quote_ident(DEVICE)} =~ {regex}")
         return " AND ".join(parts)
 
 
 class InfluxV1:
-    """Minimal InfluxDB 1.x query client (urllib3, keep-alive, streamed chunks)."""
+    """Retraining's reads: the shared InfluxDB client (:mod:`common.influx`), every
+    query streamed in chunks of ``chunk_size`` points, failed connections retried."""
 
     def __init__(
         self,
@@ -84,77 +83,29 @@ class InfluxV1:
         timeout_s: float = 60.0,
         chunk_size: int = 10_000,
     ):
-        self.url = url.rstrip("/")
-        self.database = database
-        self.retention_policy = retention_policy
         self.chunk_size = chunk_size
-        self._headers = (
-            urllib3.make_headers(basic_auth=f"{username}:{password}") if username else {}
+        settings = InfluxSettings(
+            url=url,
+            database=database,
+            retention_policy=retention_policy,
+            username=username,
+            password=password,
+            timeout_s=timeout_s,
         )
-        self._http = urllib3.PoolManager(
-            retries=urllib3.Retry(total=3, backoff_factor=0.5, allowed_methods=None),
-            timeout=urllib3.Timeout(connect=5.0, read=timeout_s),
-        )
+        self._client = InfluxClient(settings, query_retries=QUERY_RETRIES)
 
     def measurement(self, name: str) -> str:
-        if self.retention_policy:
-            return f"{quote_ident(self.retention_policy)}.{quote_ident(name)}"
-        return quote_ident(name)
+        return self._client.source(name)
 
     def query(self, q: str) -> Iterator[dict[str, Any]]:
         """Series of the (single) statement, chunk by chunk; a series may span chunks."""
-        fields = {
-            "q": q,
-            "db": self.database,
-            "epoch": "ns",
-            "chunked": "true",
-            "chunk_size": str(self.chunk_size),
-        }
         try:
-            resp = self._http.request(
-                "POST",
-                f"{self.url}/query",
-                fields=fields,
-                encode_multipart=False,
-                headers=self._headers,
-                preload_content=False,
-            )
-        except urllib3.exceptions.HTTPError as exc:
-            raise HistoryError(f"cannot reach InfluxDB at {self.url}: {exc}") from None
-        try:
-            if resp.status >= 400:
-                body = resp.read(2000).decode("utf-8", "replace")
-                raise HistoryError(f"InfluxDB query failed ({resp.status}): {body.strip()}")
-            yield from self._series(resp)
-        except urllib3.exceptions.HTTPError as exc:
-            raise HistoryError(f"InfluxDB connection lost while reading: {exc}") from None
-        finally:
-            resp.release_conn()
+            yield from self._client.query(q, chunk_size=self.chunk_size)
+        except InfluxError as exc:
+            raise HistoryError(str(exc)) from None
 
-    @staticmethod
-    def _series(resp: urllib3.BaseHTTPResponse) -> Iterator[dict[str, Any]]:
-        pending = b""
-        for block in resp.stream(1 << 16):
-            pending += block
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                yield from _chunk_series(line)
-        yield from _chunk_series(pending)
-
-
-def _chunk_series(line: bytes) -> Iterator[dict[str, Any]]:
-    if not line.strip():
-        return
-    try:
-        doc = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        raise HistoryError(f"unexpected answer from InfluxDB: {line[:200]!r} ({exc})") from None
-    if "error" in doc:
-        raise HistoryError(f"InfluxDB error: {doc['error']}")
-    for result in doc.get("results", []):
-        if "error" in result:
-            raise HistoryError(f"InfluxDB query error: {result['error']}")
-        yield from result.get("series", [])
+    def close(self) -> None:
+        self._client.close()
 
 
 @dataclass
@@ -206,7 +157,7 @@ def _truthy(value: object) -> bool:
 
 def _device_key(series: dict[str, Any]) -> str:
     tags = series.get("tags") or {}
-    return f"{tags.get('line', '')}/{tags.get('device', '')}"
+    return f"{tags.get(LINE, '')}/{tags.get(DEVICE, '')}"
 
 
 def read_history(
@@ -219,7 +170,7 @@ def read_history(
 ) -> History:
     """Readings with every field in ``fields`` (plus is_anomaly) between since and until."""
     fields = tuple(fields)
-    select = ", ".join(quote_ident(f) for f in (*fields, "score", "is_anomaly"))
+    select = ", ".join(quote_ident(f) for f in (*fields, SCORE, IS_ANOMALY))
     devices: dict[str, _DeviceParts] = {}
     total = incomplete = 0
     step = max(int(window_s * NS), 1)
@@ -228,7 +179,7 @@ def read_history(
         hi = min(lo + step, flt.until_ns)
         q = (
             f"SELECT {select} FROM {client.measurement(READING)} WHERE {flt.where(lo, hi)} "
-            'GROUP BY "line", "device"'
+            f"{GROUP_BY_DEVICE}"
         )
         for series in client.query(q):
             columns = series["columns"]
@@ -245,7 +196,7 @@ def read_history(
             part = devices.setdefault(_device_key(series), _DeviceParts())
             part.ts.append(table[keep, 0].astype(np.int64))
             part.values.append(X[finite])
-            flags = table[keep, columns.index("is_anomaly")]
+            flags = table[keep, columns.index(IS_ANOMALY)]
             part.anomalous.append(np.fromiter(map(_truthy, flags), dtype=bool, count=keep.size))
             part.rows += keep.size
             total += keep.size
@@ -299,7 +250,7 @@ def _assemble(
 
 
 def _fault_key(series: dict[str, Any]) -> tuple[str, str]:
-    return _device_key(series), str((series.get("tags") or {}).get("kind", ""))
+    return _device_key(series), str((series.get("tags") or {}).get(KIND, ""))
 
 
 @dataclass(frozen=True)
@@ -325,10 +276,10 @@ def read_fault_periods(
     """
     margin = int(margin_s * NS)
     lo, end = flt.since_ns - margin, flt.until_ns + margin
-    tags = 'GROUP BY "line", "device", "kind"'
+    tags = f"{GROUP_BY_DEVICE}, {quote_ident(KIND)}"
     state: dict[tuple[str, str], int | None] = {}  # start of the open period, if any
     q = (
-        f'SELECT last("active") FROM {client.measurement(SENSOR_FAULT)} '
+        f"SELECT last({quote_ident(ACTIVE)}) FROM {client.measurement(SENSOR_FAULT)} "
         f"WHERE {flt.where(0, lo)} {tags}"
     )
     for series in client.query(q):
@@ -340,12 +291,12 @@ def read_fault_periods(
     while lo < end:
         hi = min(lo + step, end)
         q = (
-            f'SELECT "active" FROM {client.measurement(SENSOR_FAULT)} '
+            f"SELECT {quote_ident(ACTIVE)} FROM {client.measurement(SENSOR_FAULT)} "
             f"WHERE {flt.where(lo, hi)} {tags}"
         )
         for series in client.query(q):
             key = _fault_key(series)
-            col = series["columns"].index("active")
+            col = series["columns"].index(ACTIVE)
             for row in series.get("values") or []:
                 t, active = int(row[0]), _truthy(row[col])
                 opened = state.get(key)

@@ -6,26 +6,66 @@
 The JSON files are committed; tests/test_deploy_grafana.py checks that they are what
 this script writes, and runs every query in them against a real InfluxDB.  Queries are
 raw InfluxQL for the data source ``factory-influxdb`` (provisioning/datasources), so
-they work on InfluxDB 1.x and, through DBRP mappings, on 2.x/3.x.  Standard library
-only; Grafana schema version 39 (Grafana 10.4 and later migrate it on load).
+they work on InfluxDB 1.x and, through DBRP mappings, on 2.x/3.x.  Measurement, tag
+and field names are the gateway's own (``contract/schema.py``), quoted as the readers
+quote them (``common/influxql.py``).  Standard library only; Grafana schema version 39
+(Grafana 10.4 and later migrate it on load).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+ROOT = Path(__file__).resolve().parents[2]
 OUT = Path(__file__).resolve().parent / "dashboards"
 DS = {"type": "influxdb", "uid": "factory-influxdb"}
 SCHEMA_VERSION = 39
 Json = dict[str, Any]
 
+
+def _load(relative: str) -> ModuleType:
+    """A standard-library-only module of this repository, loaded by its path: this
+    script runs with a plain python3, where the project's packages (and what their
+    ``__init__`` imports) may not be importable."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(f"_dashboards_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+schema = _load("contract/schema.py")  # the InfluxDB schema the gateway writes
+quote_ident = _load("common/influxql.py").quote_ident
+
+
+class Q:
+    """The schema's names as quoted InfluxQL identifiers."""
+
+    READING = quote_ident(schema.READING)
+    HEALTH = quote_ident(schema.GATEWAY_HEALTH)
+    LINE = quote_ident(schema.LINE)
+    DEVICE = quote_ident(schema.DEVICE)
+    MODEL_VERSION = quote_ident(schema.MODEL_VERSION)
+    GATEWAY = quote_ident(schema.GATEWAY)
+    SCORE = quote_ident(schema.SCORE)
+    IS_ANOMALY = quote_ident(schema.IS_ANOMALY)
+    SEQ = quote_ident(schema.SEQ)
+
+
+# Grafana series aliases: the value of a tag.
+TAG_LINE = f"$tag_{schema.LINE}"
+TAG_GATEWAY = f"$tag_{schema.GATEWAY}"
+
 # WHERE clauses shared by the panels of a dashboard.
-LINES = '$timeFilter AND "line" =~ /^$line$/'
-DEVICE = '$timeFilter AND "line" =~ /^$line$/ AND "device" =~ /^$device$/'
-GATEWAYS = '$timeFilter AND "gateway" =~ /^$gateway$/'
+LINES = f"$timeFilter AND {Q.LINE} =~ /^$line$/"
+DEVICE = f"{LINES} AND {Q.DEVICE} =~ /^$device$/"
+GATEWAYS = f"$timeFilter AND {Q.GATEWAY} =~ /^$gateway$/"
 
 
 # --- building blocks -----------------------------------------------------------------
@@ -236,11 +276,15 @@ def _layout(panels: list[Json]) -> list[Json]:
 
 
 def plant_overview() -> Json:
-    anomalous = f'{LINES} AND "is_anomaly" = true'
-    per_device = (
-        'SELECT count("n") AS "{alias}" FROM (SELECT count("score") AS "n" FROM "reading" '
-        'WHERE {where} GROUP BY "line", "device") WHERE $timeFilter GROUP BY "line"'
-    )
+    anomalous = f"{LINES} AND {Q.IS_ANOMALY} = true"
+
+    def per_device(alias: str, where: str) -> str:
+        return (
+            f'SELECT count("n") AS {quote_ident(alias)} FROM (SELECT count({Q.SCORE}) AS "n" '
+            f"FROM {Q.READING} WHERE {where} GROUP BY {Q.LINE}, {Q.DEVICE}) "
+            f"WHERE $timeFilter GROUP BY {Q.LINE}"
+        )
+
     panels = [
         timeseries(
             "Readings per second, by line",
@@ -249,9 +293,9 @@ def plant_overview() -> Json:
             [
                 target(
                     "A",
-                    'SELECT count("score") * 1000 / $__interval_ms FROM "reading" '
-                    f'WHERE {LINES} GROUP BY time($__interval), "line" fill(0)',
-                    "$tag_line",
+                    f"SELECT count({Q.SCORE}) * 1000 / $__interval_ms FROM {Q.READING} "
+                    f"WHERE {LINES} GROUP BY time($__interval), {Q.LINE} fill(0)",
+                    TAG_LINE,
                 )
             ],
             "reqps",
@@ -262,9 +306,9 @@ def plant_overview() -> Json:
             [
                 target(
                     "A",
-                    'SELECT count("score") * 60000 / $__interval_ms FROM "reading" '
-                    f'WHERE {anomalous} GROUP BY time($__interval), "line" fill(0)',
-                    "$tag_line",
+                    f"SELECT count({Q.SCORE}) * 60000 / $__interval_ms FROM {Q.READING} "
+                    f"WHERE {anomalous} GROUP BY time($__interval), {Q.LINE} fill(0)",
+                    TAG_LINE,
                 )
             ],
             "none",
@@ -276,10 +320,10 @@ def plant_overview() -> Json:
             [
                 target(
                     "A",
-                    'SELECT count("n") FROM (SELECT count("score") AS "n" FROM "reading" '
-                    f'WHERE {anomalous} GROUP BY time($__interval), "line", "device") '
-                    'WHERE $timeFilter GROUP BY time($__interval), "line" fill(0)',
-                    "$tag_line",
+                    f'SELECT count("n") FROM (SELECT count({Q.SCORE}) AS "n" FROM {Q.READING} '
+                    f"WHERE {anomalous} GROUP BY time($__interval), {Q.LINE}, {Q.DEVICE}) "
+                    f"WHERE $timeFilter GROUP BY time($__interval), {Q.LINE} fill(0)",
+                    TAG_LINE,
                 )
             ],
             "none",
@@ -294,10 +338,10 @@ def plant_overview() -> Json:
             "targets": [
                 target(
                     "A",
-                    'SELECT count("n") FROM (SELECT count("score") AS "n" FROM "reading" '
-                    'WHERE time > now() - 5m AND "line" =~ /^$line$/ AND "is_anomaly" = true '
-                    'GROUP BY "line", "device") WHERE time > now() - 5m GROUP BY "line"',
-                    "$tag_line",
+                    f'SELECT count("n") FROM (SELECT count({Q.SCORE}) AS "n" FROM {Q.READING} '
+                    f"WHERE time > now() - 5m AND {Q.LINE} =~ /^$line$/ AND {Q.IS_ANOMALY} = true "
+                    f"GROUP BY {Q.LINE}, {Q.DEVICE}) WHERE time > now() - 5m GROUP BY {Q.LINE}",
+                    TAG_LINE,
                 )
             ],
             "fieldConfig": {
@@ -328,22 +372,18 @@ def plant_overview() -> Json:
             [
                 target(
                     "A",
-                    f'SELECT count("score") AS "readings" FROM "reading" WHERE {LINES} '
-                    'GROUP BY "line"',
+                    f'SELECT count({Q.SCORE}) AS "readings" FROM {Q.READING} WHERE {LINES} '
+                    f"GROUP BY {Q.LINE}",
                     fmt="table",
                 ),
                 target(
                     "B",
-                    f'SELECT count("score") AS "anomalous" FROM "reading" WHERE {anomalous} '
-                    'GROUP BY "line"',
+                    f'SELECT count({Q.SCORE}) AS "anomalous" FROM {Q.READING} '
+                    f"WHERE {anomalous} GROUP BY {Q.LINE}",
                     fmt="table",
                 ),
-                target("C", per_device.format(alias="devices", where=LINES), fmt="table"),
-                target(
-                    "D",
-                    per_device.format(alias="devices with anomalies", where=anomalous),
-                    fmt="table",
-                ),
+                target("C", per_device("devices", LINES), fmt="table"),
+                target("D", per_device("devices with anomalies", anomalous), fmt="table"),
             ],
             [
                 {"id": "merge", "options": {}},
@@ -361,7 +401,7 @@ def plant_overview() -> Json:
                     "options": {
                         "excludeByName": {"Time": True},
                         "indexByName": {
-                            "line": 0,
+                            schema.LINE: 0,
                             "readings": 1,
                             "anomalous": 2,
                             "anomalous share": 3,
@@ -384,7 +424,7 @@ def plant_overview() -> Json:
             query_variable(
                 "line",
                 "Line",
-                'SHOW TAG VALUES FROM "reading" WITH KEY = "line"',
+                f"SHOW TAG VALUES FROM {Q.READING} WITH KEY = {Q.LINE}",
                 multi=True,
                 include_all=True,
             )
@@ -399,7 +439,8 @@ def plant_overview() -> Json:
 # lowest flagged score in the range (any device, same model) is the threshold or just
 # above it. "Config from query results" turns it into the score's threshold line.
 THRESHOLD_QUERY = (
-    'SELECT min("score") AS "threshold" FROM "reading" WHERE $timeFilter AND "is_anomaly" = true'
+    f'SELECT min({Q.SCORE}) AS "threshold" FROM {Q.READING} '
+    f"WHERE $timeFilter AND {Q.IS_ANOMALY} = true"
 )
 
 
@@ -440,13 +481,13 @@ def _measure_panel(field: str, label: str, unit: str) -> Json:
         [
             target(
                 "A",
-                f'SELECT mean("{field}") FROM "reading" WHERE {DEVICE} '
+                f"SELECT mean({quote_ident(field)}) FROM {Q.READING} WHERE {DEVICE} "
                 "GROUP BY time($__interval) fill(none)",
                 label,
             ),
             target(
                 "B",
-                f'SELECT max("score") FROM "reading" WHERE {DEVICE} '
+                f"SELECT max({Q.SCORE}) FROM {Q.READING} WHERE {DEVICE} "
                 "GROUP BY time($__interval) fill(none)",
                 "anomaly score",
             ),
@@ -461,13 +502,13 @@ def _measure_panel(field: str, label: str, unit: str) -> Json:
 
 
 def device_view() -> Json:
-    anomalous = f'{DEVICE} AND "is_anomaly" = true'
+    anomalous = f"{DEVICE} AND {Q.IS_ANOMALY} = true"
     panels = [
         stat(
             "Anomaly score (latest)",
             "The latest reading's score; red at or above the threshold.",
             [
-                target("A", f'SELECT last("score") FROM "reading" WHERE {DEVICE}', "score"),
+                target("A", f"SELECT last({Q.SCORE}) FROM {Q.READING} WHERE {DEVICE}", "score"),
                 target("C", THRESHOLD_QUERY, "threshold"),
             ],
             steps=[_step("green", None), _step("red", 0.5)],
@@ -476,12 +517,16 @@ def device_view() -> Json:
         stat(
             "Readings",
             "Readings stored for this device in the time range.",
-            [target("A", f'SELECT count("score") FROM "reading" WHERE {DEVICE}', "readings")],
+            [target("A", f"SELECT count({Q.SCORE}) FROM {Q.READING} WHERE {DEVICE}", "readings")],
         ),
         stat(
             "Anomalous readings",
             "Readings flagged anomalous in the time range.",
-            [target("A", f'SELECT count("score") FROM "reading" WHERE {anomalous}', "anomalous")],
+            [
+                target(
+                    "A", f"SELECT count({Q.SCORE}) FROM {Q.READING} WHERE {anomalous}", "anomalous"
+                )
+            ],
         ),
         stat(
             "Missing readings (sequence gaps)",
@@ -491,7 +536,7 @@ def device_view() -> Json:
             [
                 target(
                     "A",
-                    f'SELECT spread("seq") + 1 - count("seq") FROM "reading" WHERE {DEVICE}',
+                    f"SELECT spread({Q.SEQ}) + 1 - count({Q.SEQ}) FROM {Q.READING} WHERE {DEVICE}",
                     "missing",
                 )
             ],
@@ -508,7 +553,7 @@ def device_view() -> Json:
             "hide": False,
             "iconColor": "red",
             # One marker per minute with anomalous readings, not one per reading.
-            "query": 'SELECT count("score") AS "anomalous readings" FROM "reading" '
+            "query": f'SELECT count({Q.SCORE}) AS "anomalous readings" FROM {Q.READING} '
             f"WHERE {anomalous} GROUP BY time(1m) fill(none)",
             "titleColumn": "",
             "textColumn": "",
@@ -521,11 +566,12 @@ def device_view() -> Json:
         "One sensor node: its three measurements against the model's anomaly score.",
         panels,
         [
-            query_variable("line", "Line", 'SHOW TAG VALUES FROM "reading" WITH KEY = "line"'),
+            query_variable("line", "Line", f"SHOW TAG VALUES FROM {Q.READING} WITH KEY = {Q.LINE}"),
             query_variable(
                 "device",
                 "Device",
-                'SHOW TAG VALUES FROM "reading" WITH KEY = "device" WHERE "line" =~ /^$line$/',
+                f"SHOW TAG VALUES FROM {Q.READING} WITH KEY = {Q.DEVICE} "
+                f"WHERE {Q.LINE} =~ /^$line$/",
             ),
         ],
         annotations,
@@ -537,8 +583,8 @@ def device_view() -> Json:
 
 def _per_gateway(select: str, extra_where: str = "") -> str:
     return (
-        f'SELECT {select} FROM "gateway" WHERE {GATEWAYS}{extra_where} '
-        'GROUP BY time($__interval), "gateway" fill(none)'
+        f"SELECT {select} FROM {Q.HEALTH} WHERE {GATEWAYS}{extra_where} "
+        f"GROUP BY time($__interval), {Q.GATEWAY} fill(none)"
     )
 
 
@@ -553,12 +599,12 @@ def gateway_health() -> Json:
                 target(
                     "A",
                     _per_gateway('non_negative_derivative(last("received"), 1s)'),
-                    "$tag_gateway received",
+                    f"{TAG_GATEWAY} received",
                 ),
                 target(
                     "B",
                     _per_gateway('non_negative_derivative(last("stored"), 1s)'),
-                    "$tag_gateway stored",
+                    f"{TAG_GATEWAY} stored",
                 ),
             ],
             "reqps",
@@ -570,7 +616,7 @@ def gateway_health() -> Json:
                 target(
                     "A",
                     _per_gateway('mean("write_latency_ms")', ' AND "write_latency_ms" > 0'),
-                    "$tag_gateway",
+                    TAG_GATEWAY,
                 )
             ],
             "ms",
@@ -583,17 +629,17 @@ def gateway_health() -> Json:
                 target(
                     "A",
                     _per_gateway('non_negative_derivative(last("rejected"), 1m)'),
-                    "$tag_gateway dead letters",
+                    f"{TAG_GATEWAY} dead letters",
                 ),
                 target(
                     "B",
                     _per_gateway('non_negative_derivative(last("write_errors"), 1m)'),
-                    "$tag_gateway write errors",
+                    f"{TAG_GATEWAY} write errors",
                 ),
                 target(
                     "C",
                     _per_gateway('non_negative_derivative(last("points_dropped"), 1m)'),
-                    "$tag_gateway points dropped",
+                    f"{TAG_GATEWAY} points dropped",
                 ),
             ],
             "none",
@@ -604,10 +650,12 @@ def gateway_health() -> Json:
             "yet acknowledged to the broker, and points in the on-disk spool (non-zero "
             "while InfluxDB is away).",
             [
-                target("A", _per_gateway('max("intake_queue_depth")'), "$tag_gateway intake queue"),
-                target("B", _per_gateway('max("write_queue_depth")'), "$tag_gateway write queue"),
-                target("C", _per_gateway('max("unacked")'), "$tag_gateway unacknowledged"),
-                target("D", _per_gateway('max("spool_points")'), "$tag_gateway spooled points"),
+                target(
+                    "A", _per_gateway('max("intake_queue_depth")'), f"{TAG_GATEWAY} intake queue"
+                ),
+                target("B", _per_gateway('max("write_queue_depth")'), f"{TAG_GATEWAY} write queue"),
+                target("C", _per_gateway('max("unacked")'), f"{TAG_GATEWAY} unacknowledged"),
+                target("D", _per_gateway('max("spool_points")'), f"{TAG_GATEWAY} spooled points"),
             ],
             "none",
         ),
@@ -618,7 +666,7 @@ def gateway_health() -> Json:
                 target(
                     "A",
                     _per_gateway('non_negative_derivative(last("alerts"), 1m)'),
-                    "$tag_gateway",
+                    TAG_GATEWAY,
                 )
             ],
             "none",
@@ -626,7 +674,7 @@ def gateway_health() -> Json:
         timeseries(
             "Scoring batch size",
             "Mean readings per model call: larger batches mean a busier gateway.",
-            [target("A", _per_gateway('mean("batch_size_avg")'), "$tag_gateway")],
+            [target("A", _per_gateway('mean("batch_size_avg")'), TAG_GATEWAY)],
             "none",
         ),
         table(
@@ -636,8 +684,8 @@ def gateway_health() -> Json:
             [
                 target(
                     "A",
-                    f'SELECT last("received") AS "received (total)" FROM "gateway" '
-                    f'WHERE {GATEWAYS} GROUP BY "gateway", "model_version"',
+                    f'SELECT last("received") AS "received (total)" FROM {Q.HEALTH} '
+                    f"WHERE {GATEWAYS} GROUP BY {Q.GATEWAY}, {Q.MODEL_VERSION}",
                     fmt="table",
                 )
             ],
@@ -647,8 +695,8 @@ def gateway_health() -> Json:
                     "options": {
                         "renameByName": {"Time": "last report"},
                         "indexByName": {
-                            "gateway": 0,
-                            "model_version": 1,
+                            schema.GATEWAY: 0,
+                            schema.MODEL_VERSION: 1,
                             "Time": 2,
                             "received (total)": 3,
                         },
@@ -671,7 +719,7 @@ def gateway_health() -> Json:
             query_variable(
                 "gateway",
                 "Gateway",
-                'SHOW TAG VALUES FROM "gateway" WITH KEY = "gateway"',
+                f"SHOW TAG VALUES FROM {Q.HEALTH} WITH KEY = {Q.GATEWAY}",
                 multi=True,
                 include_all=True,
             )
