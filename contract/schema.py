@@ -29,6 +29,7 @@ GATEWAY = "gateway"
 # whether it is active (1 at its start, 0 when it clears).
 KIND = "kind"
 ACTIVE = "active"
+DETAIL = "detail"
 
 # Tags of `gateway` (health points): GATEWAY (the gateway's id) and MODEL_VERSION.
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from contract import READING_SUBSCRIPTION, SILENCE_SUBSCRIPTION
+from contract import READING_SUBSCRIPTION, SILENCE_SUBSCRIPTION, schema
 from contract.lineprotocol import encode_point
 from gateway.cluster.coordinator import Coordinator
 from gateway.config import GatewayConfig
@@ -138,8 +138,8 @@ class Gateway:
     def _health_point(self) -> str:
         fields = self.metrics.health_fields()
         return encode_point(
-            "gateway",
-            {"gateway": self.cfg.id, "model_version": self.model.current.version},
+            schema.GATEWAY_HEALTH,
+            {schema.GATEWAY: self.cfg.id, schema.MODEL_VERSION: self.model.current.version},
             fields,
             time.time_ns(),
         )

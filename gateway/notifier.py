@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from contract import Reading, alert_topic, state_topic
+from contract import Reading, alert_topic, schema, state_topic
 from contract.lineprotocol import encode_point
 from contract.payloads import alert_payload, rfc3339
 from contract.topics import GATEWAY_ALERT_LINE
@@ -83,9 +83,9 @@ class Notifier:
             self._emit(out, tr.line, tr.device, tr.ts_ns, SENSOR_FAULT, tr.state,
                        score=1.0 if firing else 0.0, threshold=0.5, values=tr.values,
                        model_version=model_version, fault=tr.fault, detail=tr.detail)  # fmt: skip
-            tags = {"line": tr.line, "device": tr.device, "kind": tr.fault}
-            fields = {"active": int(firing), "detail": tr.detail}
-            out.point(encode_point("sensor_fault", tags, fields, tr.ts_ns))
+            tags = {schema.LINE: tr.line, schema.DEVICE: tr.device, schema.KIND: tr.fault}
+            fields = {schema.ACTIVE: int(firing), schema.DETAIL: tr.detail}
+            out.point(encode_point(schema.SENSOR_FAULT, tags, fields, tr.ts_ns))
 
     def drift(self, tr: DriftTransition, out: Outbox) -> None:
         """A model-drift transition of this gateway (line ``_gateway``)."""
