@@ -395,3 +395,16 @@ def test_topic_builders_and_parsers_round_trip(line, device, p):
         line, device
     )
     assert parse_silence_topic(silence_topic(line, device)) == (line, device)
+
+
+def test_the_readme_documents_every_dead_letter_reason():
+    """README and behaviour agree: its table lists exactly the reasons the gateway uses."""
+    import re
+
+    from contract.reading import DEADLETTER_REASONS
+    from tests.helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| reason | meaning |") :].split("\n\n", 1)[0]
+    documented = re.findall(r"^\| `([a-z_]+)` \|", table, re.M)
+    assert sorted(documented) == sorted(DEADLETTER_REASONS)
