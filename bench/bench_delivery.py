@@ -5,7 +5,8 @@
 
 Each scenario runs twice, on a fresh Mosquitto, InfluxDB 1.x and gateway: once with
 this tree's gateway and once with the baseline's (a ``git worktree`` of ``--baseline``,
-default the commit before the delivery work), with the same model and config.
+default the commit before the delivery work), with the same model and each tree's default
+config, both with a memory bound of 1000 readings.
 
 1. hang: ``bench.loadgen`` offers ``--rate`` readings/s (QoS 1) for ``--duration`` s;
    after ``--hang-at`` s influxd is frozen with SIGSTOP (it accepts connections and
@@ -17,7 +18,8 @@ default the commit before the delivery work), with the same model and config.
    published (broker-acknowledged) vs stored vs dead-lettered.
 2. flood: no spool, influxd frozen, ``--flood`` readings published at QoS 0 (outside
    MQTT flow control); the most readings the gateway held, against its bound
-   (``mqtt.receive_maximum``, 1000); then thawed: stored.
+   (1000: ``mqtt.receive_maximum`` for the baseline, which its README said bounds memory;
+   ``pipeline.max_held_readings`` for this tree); then thawed: stored.
 
 Prints a table and writes ``var/bench/delivery-<timestamp>.json``.
 """
@@ -111,6 +113,8 @@ class Stack:
             cfg = tomllib.load(fh)
         cfg["id"] = GATEWAY_ID
         cfg["mqtt"].update(host="127.0.0.1", port=self.broker.port, receive_maximum=receive_max)
+        if "max_held_readings" in cfg.get("pipeline", {}):  # the bound of this tree's gateway
+            cfg["pipeline"]["max_held_readings"] = receive_max
         cfg["model"]["path"] = str(model)
         cfg["influx"].update(api=1, url=self.influx.url, database=DB)
         cfg["metrics"].update(host="127.0.0.1", port=self.metrics_port)

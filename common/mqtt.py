@@ -64,10 +64,9 @@ class MqttSettings:
     # Persistent session: the broker keeps our subscription and queues QoS 1
     # messages for this long while we are away.
     session_expiry_s: int = 7 * 86400
-    # Flow control: at most this many unacknowledged QoS 1 messages in flight to us (the
-    # gateway also holds itself to it).  Readings are held from receipt until InfluxDB has
-    # them (~0.3-0.4 s: batching, flush interval, write), so 10,000 sustains ~25,000/s.
-    receive_maximum: int = 10_000
+    # Flow control: at most this many unacknowledged QoS 1 messages in flight to us (what we
+    # ask of the broker; the gateway's own memory bound is pipeline.max_held_readings).
+    receive_maximum: int = 1000
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:

@@ -72,10 +72,12 @@ class Gateway:
         )
         if self._spool is not None:
             self.metrics.count_spooled(0, self._spool)
-        # The memory bound: at most receive_maximum readings held (see gateway.flow);
-        # the inbox's own capacity only stops a QoS 0 flood.
-        self._inbox: Inbox[Message] = Inbox(capacity=2 * cfg.mqtt.receive_maximum)
-        self.held_limit = HeldLimit(cfg.mqtt.receive_maximum, self._held)
+        # The memory bound (see gateway.flow).  The inbox is smaller: when the scorer
+        # falls behind, the network thread waits for it and then reads in larger bursts,
+        # which costs less CPU per reading (measured at 12,000/s: 44 % of a core, not 51 %).
+        held = cfg.pipeline.max_held_readings
+        self._inbox: Inbox[Message] = Inbox(capacity=min(held, 2 * cfg.mqtt.receive_maximum))
+        self.held_limit = HeldLimit(held, self._held)
         self.metrics.held.set_function(self._held)
         self.metrics.held_peak.set_function(lambda: self.held_limit.peak)
         self.metrics.held_limit.set(self.held_limit.limit)

@@ -54,6 +54,14 @@ class PipelineConfig:
     batch_max_wait_ms: float = 20.0
     # Batches handed to the writer; when full, scoring waits (back-pressure).
     write_queue_batches: int = 64
+    # The most readings held in memory (waiting, being scored, or not yet stored), enforced
+    # by the gateway whatever the broker sends.  A reading is held from receipt until
+    # stored (~0.3-0.4 s), so this also caps throughput near max_held_readings / 0.4 s.
+    max_held_readings: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.max_held_readings < 1:
+            raise ValueError("pipeline.max_held_readings must be >= 1")
 
 
 @dataclass(frozen=True)

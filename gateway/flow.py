@@ -4,11 +4,12 @@ MQTT 5 flow control (Receive Maximum) asks the broker to keep at most that many
 unacknowledged messages in flight to us, but a broker may not hold to it: Mosquitto
 2.0.11 was seen to send a whole backlog when a persistent session resumes, and with
 InfluxDB hung the gateway once held 10,230 unacknowledged readings at a limit of
-1000.  So the gateway enforces the bound itself: the MQTT network thread reads the
-next packet only while the readings held (waiting in the inbox, being scored, or
-waiting for InfluxDB / the spool to settle them) are below ``limit``.  When it stops
-reading, TCP flow control holds the broker back; the network thread keeps sending
-acknowledgements and pings meanwhile (see ``common.mqtt.Client.loop_read``).
+1000.  So the gateway enforces its own bound, ``pipeline.max_held_readings``: the MQTT
+network thread reads the next packet only while the readings held (waiting in the
+inbox, being scored, or waiting for InfluxDB / the spool to settle them) are below
+it.  When it stops reading, TCP flow control holds the broker back; the network
+thread keeps sending acknowledgements and pings meanwhile (see
+``common.mqtt.Client.loop_read``).
 """
 
 from __future__ import annotations

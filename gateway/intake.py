@@ -2,8 +2,8 @@
 
 Messages are acknowledged manually, only once the reading is durable (see
 ``gateway.writer``).  Until then the broker counts them against our Receive Maximum;
-the gateway also enforces that bound itself (``gateway.flow``), so the readings held
-in memory stay within ``mqtt.receive_maximum`` whatever the broker does.  Anything not
+the gateway also enforces a bound of its own (``gateway.flow``), so the readings held
+in memory stay within ``pipeline.max_held_readings`` whatever the broker does.  Anything not
 acknowledged when we crash is redelivered through the persistent session.
 """
 

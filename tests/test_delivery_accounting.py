@@ -154,8 +154,10 @@ def test_held_readings_stay_within_the_limit_whatever_the_broker_sends(
     limit = 50
     # No spool: nothing is acknowledged while InfluxDB hangs.  Readings at QoS 0 are
     # outside the broker's flow control (Receive Maximum counts QoS 1 and 2 only), so
-    # only the gateway's own bound keeps them out of its memory.
-    gw = start_gateway(env={"GATEWAY_MQTT_RECEIVE_MAXIMUM": str(limit), "GATEWAY_SPOOL_PATH": ""})
+    # only the gateway's own bound (pipeline.max_held_readings) keeps them out of memory.
+    gw = start_gateway(
+        env={"GATEWAY_PIPELINE_MAX_HELD_READINGS": str(limit), "GATEWAY_SPOOL_PATH": ""}
+    )
     device = unique("flood")
     sent = readings("acct", device, 1000, with_seq=False)
     frozen.freeze()
