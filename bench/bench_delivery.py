@@ -27,6 +27,7 @@ Prints a table and writes ``var/bench/delivery-<timestamp>.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ import tempfile
 import threading
 import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -173,75 +175,71 @@ def first_time(samples: Samples, name: str, after: float, above: float = 0.0) ->
     return None
 
 
-def scenario_hang(tree: Path, model: Path, args: argparse.Namespace) -> dict:
+@contextlib.contextmanager
+def sampled_stack(tree: Path, model: Path, *, spool: bool) -> Iterator[tuple[Stack, Sampler]]:
+    """A fresh stack (bound 1000) with its metrics sampled; all of it stopped at the end."""
     with tempfile.TemporaryDirectory() as tmp:
-        st = Stack(tree, model, Path(tmp), spool=True, receive_max=1000)
+        st = Stack(tree, model, Path(tmp), spool=spool, receive_max=1000)
         sampler = Sampler(st.metrics_port)
         sampler.start()
         try:
-            spec = LoadSpec("127.0.0.1", st.broker.port, rate=args.rate, duration_s=args.duration)
-            gen = LoadGenerator(spec).start()
-            started = time.time()
-            wait_until(lambda: time.time() - started >= args.hang_at, args.hang_at + 5, "hang-at")
-            frozen_at = time.time()
-            st.freeze()
-            wait_until(lambda: time.time() - frozen_at >= args.hang, args.hang + 5, "the hang")
-            thawed_at = time.time()
-            st.thaw()
-            load = gen.join()
-            wait_until(lambda: st.stored() >= load.acked, 300, "every reading stored", 0.5)
-            drained_at = time.time()
-            samples = sampler.stop()
-            return {
-                "published": load.acked,
-                "stored": st.stored(),
-                "deadlettered": st.watch.deadletters,
-                "to_first_spooled_s": first_time(
-                    samples, "gateway_spooled_points_total", frozen_at
-                ),
-                "longest_intake_stall_s": round(longest_stall(samples, frozen_at, thawed_at), 2),
-                "held_peak_sampled": samples.peak(
-                    "gateway_intake_queue_depth", "gateway_unacked_messages"
-                ),
-                "held_peak_gauge": samples.peak("gateway_held_readings_peak") or None,
-                "spooled_points": samples.peak("gateway_spooled_points_total"),
-                "all_stored_after_thaw_s": round(drained_at - thawed_at, 1),
-            }
+            yield st, sampler
         finally:
             try:
                 sampler.stop()
             finally:
                 st.close()  # no service outlives the run
+
+
+def scenario_hang(tree: Path, model: Path, args: argparse.Namespace) -> dict:
+    with sampled_stack(tree, model, spool=True) as (st, sampler):
+        spec = LoadSpec("127.0.0.1", st.broker.port, rate=args.rate, duration_s=args.duration)
+        gen = LoadGenerator(spec).start()
+        started = time.time()
+        wait_until(lambda: time.time() - started >= args.hang_at, args.hang_at + 5, "hang-at")
+        frozen_at = time.time()
+        st.freeze()
+        wait_until(lambda: time.time() - frozen_at >= args.hang, args.hang + 5, "the hang")
+        thawed_at = time.time()
+        st.thaw()
+        load = gen.join()
+        wait_until(lambda: st.stored() >= load.acked, 300, "every reading stored", 0.5)
+        drained_at = time.time()
+        samples = sampler.stop()
+        return {
+            "published": load.acked,
+            "stored": st.stored(),
+            "deadlettered": st.watch.deadletters,
+            "to_first_spooled_s": first_time(samples, "gateway_spooled_points_total", frozen_at),
+            "longest_intake_stall_s": round(longest_stall(samples, frozen_at, thawed_at), 2),
+            "held_peak_sampled": samples.peak(
+                "gateway_intake_queue_depth", "gateway_unacked_messages"
+            ),
+            "held_peak_gauge": samples.peak("gateway_held_readings_peak") or None,
+            "spooled_points": samples.peak("gateway_spooled_points_total"),
+            "all_stored_after_thaw_s": round(drained_at - thawed_at, 1),
+        }
 
 
 def scenario_flood(tree: Path, model: Path, args: argparse.Namespace) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        st = Stack(tree, model, Path(tmp), spool=False, receive_max=1000)
-        sampler = Sampler(st.metrics_port)
-        sampler.start()
-        try:
-            st.freeze()
-            sent = publish_qos0(st.broker.port, args.flood)
-            settle = time.time()
-            # Let the gateway take what it will while InfluxDB hangs.
-            wait_until(lambda: time.time() - settle >= 10, 15, "the flood to settle")
-            st.thaw()
-            wait_until(lambda: st.stored() >= sent, 300, "the flood stored", 0.5)
-            samples = sampler.stop()
-            return {
-                "published_qos0": sent,
-                "stored": st.stored(),
-                "held_limit": 1000,
-                "held_peak_sampled": samples.peak(
-                    "gateway_intake_queue_depth", "gateway_unacked_messages"
-                ),
-                "held_peak_gauge": samples.peak("gateway_held_readings_peak") or None,
-            }
-        finally:
-            try:
-                sampler.stop()
-            finally:
-                st.close()  # no service outlives the run
+    with sampled_stack(tree, model, spool=False) as (st, sampler):
+        st.freeze()
+        sent = publish_qos0(st.broker.port, args.flood)
+        settle = time.time()
+        # Let the gateway take what it will while InfluxDB hangs.
+        wait_until(lambda: time.time() - settle >= 10, 15, "the flood to settle")
+        st.thaw()
+        wait_until(lambda: st.stored() >= sent, 300, "the flood stored", 0.5)
+        samples = sampler.stop()
+        return {
+            "published_qos0": sent,
+            "stored": st.stored(),
+            "held_limit": 1000,
+            "held_peak_sampled": samples.peak(
+                "gateway_intake_queue_depth", "gateway_unacked_messages"
+            ),
+            "held_peak_gauge": samples.peak("gateway_held_readings_peak") or None,
+        }
 
 
 def publish_qos0(port: int, n: int) -> int:
