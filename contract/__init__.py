@@ -28,6 +28,8 @@ from contract.timestamps import (
     timezone_named,
 )
 from contract.topics import (
+    ACK_PREFIX,
+    ACK_SUBSCRIPTION,
     ALERTS_PREFIX,
     ALERTS_SUBSCRIPTION,
     DEADLETTER_PREFIX,
@@ -41,8 +43,10 @@ from contract.topics import (
     STATE_SUBSCRIPTION,
     STATUS_SUBSCRIPTION,
     TopicError,
+    ack_topic,
     alert_topic,
     deadletter_topic,
+    parse_ack_topic,
     parse_partition_ready_topic,
     parse_reading_topic,
     parse_silence_topic,
@@ -61,6 +65,8 @@ from contract.topics import (
 )
 
 __all__ = [
+    "ACK_PREFIX",
+    "ACK_SUBSCRIPTION",
     "ALERTS_PREFIX",
     "ALERTS_SUBSCRIPTION",
     "DEADLETTER_PREFIX",
@@ -83,12 +89,14 @@ __all__ = [
     "Rejected",
     "TimestampError",
     "TopicError",
+    "ack_topic",
     "alert_topic",
     "canonical_field",
     "deadletter_topic",
     "decode_reading",
     "encode_reading",
     "normalise_record",
+    "parse_ack_topic",
     "parse_csv_ns",
     "parse_partition_ready_topic",
     "parse_reading_topic",

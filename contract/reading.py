@@ -31,6 +31,7 @@ REASONS = (
     "out_of_range",
     "bad_timestamp",
     "bad_seq",
+    "bad_field",  # an acknowledgement's alert_id, by or note
 )
 # Accepted by the contract, then refused by InfluxDB (the gateway dead-letters it).
 STORE_REFUSED = "store_refused"

@@ -12,6 +12,18 @@ import re
 READING = "reading"
 SENSOR_FAULT = "sensor_fault"
 GATEWAY_HEALTH = "gateway"
+# Alert history: one point per transition (``contract.alerting.EVENTS``) at its time.
+#   tags LINE, DEVICE, KIND (process_anomaly, sensor_fault, model_drift), FAULT (the
+#   sensor fault's type; absent otherwise: two faults may start on one reading), EVENT;
+#   fields ALERT_ID, STARTED_NS, SCORE, BY and NOTE (acknowledged), HELD (silenced:
+#   the event held back).
+ALERT_EVENT = "alert_event"
+# Feedback labels: one point per alert at the alert's start time, so a new label of
+# the same alert replaces the old one.
+#   tags LINE, DEVICE, KIND, FAULT (as in ALERT_EVENT); fields ALERT_ID, LABEL
+#   (contract.alerting.LABELS), FAULT_TYPE, NOTE, BY, STARTED_NS, ENDED_NS (0 while
+#   firing), LABELLED_NS.
+ALERT_LABEL = "alert_label"
 
 # Tags of `reading`.
 LINE = "line"
@@ -30,6 +42,29 @@ GATEWAY = "gateway"
 KIND = "kind"
 ACTIVE = "active"
 DETAIL = "detail"
+
+# Tags and fields of `alert_event` / `alert_label` (besides LINE, DEVICE, KIND, SCORE,
+# DETAIL).
+EVENT = "event"
+ALERT_ID = "alert_id"
+STARTED_NS = "started_ns"
+ENDED_NS = "ended_ns"
+LABELLED_NS = "labelled_ns"
+FAULT = "fault"
+BY = "by"
+NOTE = "note"
+HELD = "held"
+LABEL = "label"
+FAULT_TYPE = "fault_type"
+
+# Values of EVENT (an alert's transitions) and LABEL; contract.alerting says what they mean.
+EVENT_FIRING = "firing"
+EVENT_REPEATED = "repeated"
+EVENT_ACKNOWLEDGED = "acknowledged"
+EVENT_RESOLVED = "resolved"
+EVENT_SILENCED = "silenced"
+LABEL_REAL_FAULT = "real_fault"
+LABEL_FALSE_ALARM = "false_alarm"
 
 # Tags of `gateway` (health points): GATEWAY (the gateway's id) and MODEL_VERSION.
 

@@ -7,12 +7,13 @@ The one place a topic of the system is built or parsed:
 - ``factory/deadletter/<line>/<device>``: rejected messages.
 - ``factory/state/<line>/<device>``: a device's current alerts, retained.
 - ``factory/silence/<line>/<device|_all>``: maintenance silences, retained.
+- ``factory/ack/<line>/<device>``: an operator acknowledges a firing alert (not retained).
 - ``factory/gateway/<gateway-id>/status``: ``online`` / ``offline``, retained.
 - Cluster only: ``factory/_part/<p>/<line>/<device>``, the readings of partition p,
   and ``factory/cluster/<group>/partition/<p>``, retained ``ready`` markers.
 
-``parse_reading_topic`` and ``parse_silence_topic`` check messages from outside and
-raise ``TopicError``; the parsers of the gateway's own topics (status, partition
+``parse_reading_topic``, ``parse_silence_topic`` and ``parse_ack_topic`` check messages
+from outside and raise ``TopicError``; the parsers of the gateway's own topics (status, partition
 markers) return None for any other topic.
 """
 
@@ -30,6 +31,8 @@ SILENCE_PREFIX = f"{ROOT}/silence/"
 SILENCE_SUBSCRIPTION = f"{SILENCE_PREFIX}#"
 # The device level of a silence that covers every device of its line.
 SILENCE_ALL_DEVICES = "_all"
+ACK_PREFIX = f"{ROOT}/ack/"
+ACK_SUBSCRIPTION = f"{ACK_PREFIX}+/+"
 STATUS_SUBSCRIPTION = f"{ROOT}/gateway/+/status"
 PARTITION_ROOT = f"{ROOT}/_part"
 CLUSTER_ROOT = f"{ROOT}/cluster"
@@ -40,7 +43,17 @@ UNKNOWN = "_unknown"
 # The line under which a gateway publishes alerts about itself (model drift).
 GATEWAY_ALERT_LINE = "_gateway"
 _RESERVED_LINES = frozenset(
-    {"alerts", "deadletter", "gateway", "silence", "state", "cluster", "_part", GATEWAY_ALERT_LINE}
+    {
+        "ack",
+        "alerts",
+        "deadletter",
+        "gateway",
+        "silence",
+        "state",
+        "cluster",
+        "_part",
+        GATEWAY_ALERT_LINE,
+    }
 )
 _MAX_NAME_LEN = 64
 
@@ -69,6 +82,11 @@ def state_topic(line: str, device: str) -> str:
 def silence_topic(line: str, device: str) -> str:
     """Retained: a maintenance silence (device ``SILENCE_ALL_DEVICES``: the whole line)."""
     return f"{SILENCE_PREFIX}{line}/{device}"
+
+
+def ack_topic(line: str, device: str) -> str:
+    """An acknowledgement of one of the device's alerts (``contract.alerting.ack_payload``)."""
+    return f"{ACK_PREFIX}{line}/{device}"
 
 
 def status_topic(gateway_id: str) -> str:
@@ -109,6 +127,14 @@ def parse_silence_topic(topic: str) -> tuple[str, str]:
     parts = topic[len(SILENCE_PREFIX) :].split("/")
     if not topic.startswith(SILENCE_PREFIX) or len(parts) != 2 or not all(parts):
         raise TopicError(f"silence topic is {SILENCE_PREFIX}<line>/<device|{SILENCE_ALL_DEVICES}>")
+    return parts[0], parts[1]
+
+
+def parse_ack_topic(topic: str) -> tuple[str, str]:
+    """Return (line, device) from ``factory/ack/<line>/<device>``."""
+    parts = topic[len(ACK_PREFIX) :].split("/")
+    if not topic.startswith(ACK_PREFIX) or len(parts) != 2 or not all(map(valid_name, parts)):
+        raise TopicError(f"ack topic is {ACK_PREFIX}<line>/<device>, names {NAME_RULE}")
     return parts[0], parts[1]
 
 

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from contract import READING_SUBSCRIPTION, SILENCE_SUBSCRIPTION, schema
+from contract import ACK_SUBSCRIPTION, READING_SUBSCRIPTION, SILENCE_SUBSCRIPTION, schema
 from contract.lineprotocol import encode_point
 from gateway.cluster.coordinator import Coordinator
 from gateway.config import GatewayConfig
@@ -82,14 +82,16 @@ class Gateway:
         self.metrics.held_peak.set_function(lambda: self.held_limit.peak)
         self.metrics.held_limit.set(self.held_limit.limit)
         self.cluster: Coordinator | None = None
-        subscriptions: tuple[str, ...] = (READING_SUBSCRIPTION, SILENCE_SUBSCRIPTION)
+        # Silences and acknowledgements come in order with the readings.
+        control = (SILENCE_SUBSCRIPTION, ACK_SUBSCRIPTION)
+        subscriptions: tuple[str, ...] = (READING_SUBSCRIPTION, *control)
         if cfg.cluster.enabled:
             # Readings arrive through partition sessions; the main session only
-            # follows membership, partition markers and silences.
+            # follows membership, partition markers, silences and acknowledgements.
             self.cluster = Coordinator(
                 cfg.cluster, cfg.mqtt, cfg.id, self._inbox, self.metrics, self.held_limit
             )
-            subscriptions = (*self.cluster.subscriptions, SILENCE_SUBSCRIPTION)
+            subscriptions = (*self.cluster.subscriptions, *control)
         self.intake = MqttIntake(
             cfg.mqtt, cfg.id, subscriptions, self._inbox, self.metrics, self.held_limit
         )

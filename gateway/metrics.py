@@ -46,6 +46,18 @@ class GatewayMetrics:
         self.alerts_silenced = Counter(
             "gateway_alerts_silenced", "Alerts held back by a maintenance silence", registry=r
         )
+        self.acks = Counter(
+            "gateway_acks",
+            "Acknowledgements: applied, or ignored (no such firing alert here, or already "
+            "acknowledged)",
+            ["result"],
+            registry=r,
+        )
+        for result in ("applied", "unknown", "repeated"):
+            self.acks.labels(result)
+        self.reminders_held = Counter(
+            "gateway_reminders_held", "Reminders not sent: the alert is acknowledged", registry=r
+        )
         self.anomalies = Counter("gateway_anomalies", "Readings scored anomalous", registry=r)
         self.write_errors = Counter(
             "gateway_write_errors", "Failed InfluxDB writes", ["retryable"], registry=r

@@ -151,8 +151,9 @@ def test_a_rejected_message_is_dead_lettered_and_acknowledged(scorer):
 
 
 def test_origins_follow_the_readings_points_behind_the_fault_points(scorer):
-    """A rejected out-of-range reading fires a sensor fault whose point comes first: the
-    readings' points still map to their own messages, in order."""
+    """A rejected out-of-range reading fires a sensor fault whose points (its alert
+    history and its fault period) come first: the readings' points still map to their
+    own messages, in order."""
     rig = Rig(scorer)
     first, bad, second = (
         reading("press-01", NORMAL),
@@ -160,8 +161,12 @@ def test_origins_follow_the_readings_points_behind_the_fault_points(scorer):
         reading("press-03", NORMAL),
     )
     out = rig.process(first, bad, second)
-    assert out.points[0].startswith("sensor_fault,device=press-02,kind=out_of_range")
-    assert out.origins == {1: origin(first), 2: origin(second)} and out.readings == 2
+    history, fault = out.points[:2]
+    assert history.startswith(
+        "alert_event,device=press-02,event=firing,fault=out_of_range,kind=sensor_fault,line=line1"
+    )
+    assert fault.startswith("sensor_fault,device=press-02,kind=out_of_range")
+    assert out.origins == {2: origin(first), 3: origin(second)} and out.readings == 2
     assert [ack(m) for m in (first, bad, second)] == out.acks
     topics = [t for t, _, _ in rig.published()]
     # Dead letters first, then the alert (with the device's retained state).
@@ -211,7 +216,10 @@ def test_a_line_silence_covers_sensor_faults_too(scorer):
     rig = Rig(scorer)
     rig.process(silence("line1", "_all"))
     out = rig.process(reading("press-07", OUT_OF_RANGE))
-    assert out.points[0].startswith("sensor_fault,")  # still stored
+    # Still stored: in the alert history as held back, and as a fault period.
+    assert out.points[0].startswith("alert_event,device=press-07,event=silenced,")
+    assert 'held="firing"' in out.points[0]
+    assert out.points[1].startswith("sensor_fault,")
     topics = [t for t, _, _ in rig.published()]
     assert topics == ["factory/deadletter/line1/press-07", "factory/state/line1/press-07"]
     assert rig.metric("gateway_alerts_silenced_total") == 1
@@ -253,7 +261,7 @@ def test_deadman_faults_go_out_through_the_notify_stage(scorer):
     rig.chain.batch([reading("press-01", NORMAL)], scorer, now=100.0)
     out = Outbox()
     rig.chain.deadman(scorer.version, 106.0, out)
-    assert out.points[0].startswith("sensor_fault,device=press-01,kind=dropout")
+    assert out.points[1].startswith("sensor_fault,device=press-01,kind=dropout")
     assert out.acks == [] and out.origins == {}
     (alert, state) = out.publishes
     assert orjson.loads(alert[1])["fault"] == "dropout"
@@ -321,3 +329,94 @@ def test_a_failing_batch_stops_the_gateway_and_keeps_it_unacknowledged(scorer):
     assert broken.is_set() and not rig.processor.is_alive()
     assert [str(e) for e in rig.fatal] == ["boom"]
     assert rig.processor.in_hand == 1 and rig.writes() == []
+
+
+# --- alert identity, acknowledgement, history ---------------------------------------
+
+
+def acknowledgement(device: str, body: dict | bytes, line: str = "line1") -> Message:
+    payload = body if isinstance(body, bytes) else orjson.dumps(body)
+    return message(f"factory/ack/{line}/{device}", payload)
+
+
+def history(out: Outbox) -> list[str]:
+    return [p for p in out.points if p.startswith("alert_event,")]
+
+
+def test_an_alert_keeps_its_id_through_repeat_acknowledgement_and_resolution(scorer):
+    alerts = dataclasses.replace(GatewayConfig().alerts, renotify_s=1e-9, resolve_after=1)
+    rig = Rig(scorer, alerts=alerts)
+    out = rig.process(reading("press-01", ANOMALOUS))
+    ((_, first, _),) = rig.published("factory/alerts/")
+    assert first["event"] == "firing" and first["state"] == "firing"
+    alert_id = first["alert_id"]
+    assert len(alert_id) == 16 and first["started"] == first["ts"]
+    (point,) = history(out)
+    assert point.startswith("alert_event,device=press-01,event=firing,kind=process_anomaly,")
+    assert f'alert_id="{alert_id}"' in point
+
+    rig.events.clear()
+    rig.process(reading("press-01", ANOMALOUS))
+    ((_, repeat, _),) = rig.published("factory/alerts/")
+    assert (repeat["event"], repeat["alert_id"], repeat["state"]) == (
+        "repeated",
+        alert_id,
+        "firing",
+    )
+
+    rig.events.clear()
+    out = rig.process(
+        acknowledgement("press-01", {"alert_id": alert_id, "by": "anna", "note": "on it"})
+    )
+    ((_, acked, _),) = rig.published("factory/alerts/")
+    assert (acked["event"], acked["state"], acked["alert_id"]) == (
+        "acknowledged",
+        "firing",
+        alert_id,
+    )
+    assert acked["acknowledged_by"] == "anna" and acked["note"] == "on it"
+    assert acked["values"] == repeat["values"]  # the latest figures of the alert
+    ((_, state, retained),) = rig.published("factory/state/")
+    assert retained and state["firing"][0]["alert_id"] == alert_id
+    assert state["firing"][0]["acknowledged_by"] == "anna"
+    assert state["firing"][0]["acknowledged_at"] == acked["acknowledged_at"]
+    (point,) = history(out)
+    assert ",event=acknowledged," in point and 'by="anna"' in point and 'note="on it"' in point
+    assert rig.metric("gateway_acks_total", {"result": "applied"}) == 1
+
+    # Reminders stop; acknowledging again changes nothing.
+    rig.events.clear()
+    out = rig.process(
+        reading("press-01", ANOMALOUS),
+        acknowledgement("press-01", {"alert_id": alert_id, "by": "bo"}),
+    )
+    assert rig.published("factory/alerts/") == [] and history(out) == []
+    assert rig.metric("gateway_reminders_held_total") >= 1
+    assert rig.metric("gateway_acks_total", {"result": "repeated"}) == 1
+
+    # It resolves with the same id, and the device state empties.
+    rig.events.clear()
+    for _ in range(50):
+        out = rig.process(reading("press-01", NORMAL))
+        resolved = rig.published("factory/alerts/")
+        if resolved:
+            break
+    (end,) = [b for _, b, _ in resolved if b["kind"] == "process_anomaly"]
+    assert (end["event"], end["state"], end["alert_id"]) == ("resolved", "resolved", alert_id)
+    state = [b for _, b, _ in rig.published("factory/state/")][-1]
+    assert all(f["kind"] != "process_anomaly" for f in state["firing"])
+
+
+def test_acknowledgements_that_match_nothing_are_counted_and_bad_ones_dead_lettered(scorer):
+    rig = Rig(scorer)
+    out = rig.process(
+        acknowledgement("press-01", {"alert_id": "0123456789abcdef", "by": "anna"}),
+        acknowledgement("press-01", {"alert_id": "nope", "by": "anna"}),
+        acknowledgement("press-01", {"alert_id": "0123456789abcdef"}),
+        acknowledgement("press-01", b"{"),
+        message("factory/ack/line1", b"{}"),
+    )
+    assert rig.metric("gateway_acks_total", {"result": "unknown"}) == 1
+    reasons = [b["reason"] for _, b, _ in rig.published("factory/deadletter/")]
+    assert reasons == ["bad_field", "missing_field", "not_json", "bad_topic"]
+    assert len(out.acks) == 5 and out.points == []  # every message is settled

@@ -40,6 +40,8 @@ class Chain:
         # A batch's silences apply before its alerts are decided (so to every reading
         # after them, and to those that came in the same batch).
         self.silences.take(decoded.silences)
+        if decoded.acks:  # before the batch's reminders, which they stop
+            self.notify.acknowledge(decoded.acks, out)
         if decoded.rejected:
             for msg, rej in decoded.rejected:
                 out.dead_letter(msg, rej)
@@ -82,8 +84,6 @@ def build_chain(
         drift=DriftWatch(cfg.drift, cfg.id, metrics),
         shadow=Shadow(shadow, metrics) if shadow is not None else None,
         encode=Encode(cfg.id if cfg.cluster.enabled else None),
-        notify=Notifier(
-            cfg.alerts.retain_state, metrics, detection.alerts, detection.faults, silences
-        ),
+        notify=Notifier(cfg.alerts.retain_state, metrics, silences),
         metrics=metrics,
     )

@@ -1,7 +1,8 @@
-"""Decode stage: a batch's messages -> readings, silence commands and rejections.
+"""Decode stage: a batch's messages -> readings, silences, acknowledgements, rejections.
 
-Silences arrive through the same inbox as readings, so they keep their order with them;
-this stage only parses them (:func:`gateway.silence.parse_silence`).
+Silences and acknowledgements arrive through the same inbox as readings, so they keep
+their order with them; this stage only parses them (:func:`gateway.silence.parse_silence`,
+:func:`contract.alerting.parse_ack`).
 """
 
 from __future__ import annotations
@@ -9,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from contract import Reading, Rejected, decode_reading
+from contract import Reading, Rejected, TopicError, decode_reading, parse_ack_topic
+from contract.alerting import Ack, parse_ack
 from contract.reading import DecodeLimits
-from contract.topics import SILENCE_PREFIX
+from contract.topics import ACK_PREFIX, SILENCE_PREFIX
 from gateway.intake import Message
 from gateway.silence import SilenceCommand, parse_silence
 from model.reading_fields import required_fields
@@ -23,6 +25,7 @@ class Decoded:
     readings: list[Reading] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)  # the message of each reading
     silences: list[SilenceCommand] = field(default_factory=list)
+    acks: list[Ack] = field(default_factory=list)
     rejected: list[tuple[Message, Rejected]] = field(default_factory=list)
 
 
@@ -47,9 +50,19 @@ class Decode:
             try:
                 if msg.topic.startswith(SILENCE_PREFIX):
                     silences.append(parse_silence(msg.topic, msg.payload))
+                elif msg.topic.startswith(ACK_PREFIX):
+                    out.acks.append(_ack(msg))
                 else:
                     readings.append(decode_reading(msg.topic, msg.payload, msg.received_ns, limits))
                     kept.append(msg)
             except Rejected as rej:
                 rejected.append((msg, rej))
         return out
+
+
+def _ack(msg: Message) -> Ack:
+    try:
+        line, device = parse_ack_topic(msg.topic)
+    except TopicError as exc:
+        raise Rejected("bad_topic", str(exc)) from None
+    return parse_ack(line, device, msg.payload)
