@@ -56,6 +56,13 @@ class Q:
     SCORE = quote_ident(schema.SCORE)
     IS_ANOMALY = quote_ident(schema.IS_ANOMALY)
     SEQ = quote_ident(schema.SEQ)
+    ALERT_EVENT = quote_ident(schema.ALERT_EVENT)
+    ALERT_ID = quote_ident(schema.ALERT_ID)
+    KIND = quote_ident(schema.KIND)
+    FAULT = quote_ident(schema.FAULT)
+    EVENT = quote_ident(schema.EVENT)
+    BY = quote_ident(schema.BY)
+    NOTE = quote_ident(schema.NOTE)
 
 
 # Grafana series aliases: the value of a tag.
@@ -415,6 +422,7 @@ def plant_overview() -> Json:
         ),
     ]
     panels[-1]["fieldConfig"]["overrides"] = [by_name("anomalous share", ("unit", "percentunit"))]
+    panels.append(alert_history(LINES))
     return dashboard(
         "factory-overview",
         "Factory: plant overview",
@@ -429,6 +437,29 @@ def plant_overview() -> Json:
                 include_all=True,
             )
         ],
+    )
+
+
+def alert_history(where: str) -> Json:
+    """Every transition of every alert (``alert_event``), newest first."""
+    columns = ", ".join(
+        (Q.LINE, Q.DEVICE, Q.KIND, Q.FAULT, Q.EVENT, Q.ALERT_ID, Q.SCORE, Q.BY, Q.NOTE)
+    )
+    return table(
+        "Alert history",
+        "Every alert transition in the time range, newest first: firing, repeated, "
+        "acknowledged (by whom, with their note), resolved, and silenced (held back by a "
+        "maintenance silence). The alert id is the one the messages, the API and the "
+        "web page's labels use.",
+        [
+            target(
+                "A",
+                f"SELECT {columns} FROM {Q.ALERT_EVENT} WHERE {where} ORDER BY time DESC LIMIT 500",
+                fmt="table",
+            )
+        ],
+        [],
+        size=(24, 9),
     )
 
 
@@ -501,6 +532,9 @@ def _measure_panel(field: str, label: str, unit: str) -> Json:
     )
 
 
+PERIOD_EVENTS = "|".join((schema.EVENT_FIRING, schema.EVENT_ACKNOWLEDGED, schema.EVENT_RESOLVED))
+
+
 def device_view() -> Json:
     anomalous = f"{DEVICE} AND {Q.IS_ANOMALY} = true"
     panels = [
@@ -558,8 +592,22 @@ def device_view() -> Json:
             "titleColumn": "",
             "textColumn": "",
             "tagsColumn": "",
-        }
+        },
+        {
+            # Where alerts started, were acknowledged and ended: the alert periods.
+            "name": "Alerts",
+            "datasource": DS,
+            "enable": True,
+            "hide": False,
+            "iconColor": "orange",
+            "query": f"SELECT {Q.ALERT_ID}, {Q.KIND}, {Q.EVENT}, {Q.BY} FROM {Q.ALERT_EVENT} "
+            f"WHERE {DEVICE} AND {Q.EVENT} =~ /^({PERIOD_EVENTS})$/",
+            "titleColumn": "",
+            "textColumn": schema.ALERT_ID,
+            "tagsColumn": f"{schema.KIND},{schema.EVENT}",
+        },
     ]
+    panels.append(alert_history(DEVICE))
     return dashboard(
         "factory-device",
         "Factory: device",
