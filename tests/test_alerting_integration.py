@@ -12,7 +12,7 @@ import pytest
 
 from devstack.influxdb import query
 from tests.conftest import TEST_DB
-from tests.helpers import Collector, mosquitto_pub, python_module, summary, unique
+from tests.helpers import Collector, mosquitto_pub, python_module, summary, unique, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -217,3 +217,54 @@ def test_simulator_stuck_faults_are_detected(gw, mosquitto, tmp_path):
         f"stuck: {published} readings, devices with stuck episodes {sorted(expected)}, "
         f"flagged {sorted(flagged)}"
     )
+
+
+def test_an_acknowledged_alert_keeps_its_id_and_the_history_is_in_influxdb(gw, mosquitto, influxdb):
+    """Fire, acknowledge over MQTT (as the API and operators do), resolve: one id
+    throughout, the retained state names who acknowledged, InfluxDB has every step."""
+    device = unique("press")
+    t0 = time.time() - 600
+    alerts = Collector(mosquitto.port, [f"factory/alerts/line1/{device}"])
+    states = Collector(mosquitto.port, [f"factory/state/line1/{device}"])
+    try:
+        body = {**orjson.loads(ANOMALOUS), "ts": t0}
+        mosquitto_pub(mosquitto.port, f"factory/line1/{device}/reading", orjson.dumps(body))
+        (fired,) = alerts.wait_for(lambda m: m.json()["event"] == "firing")
+        alert_id = fired.json()["alert_id"]
+        ack = {"alert_id": alert_id, "by": "night shift", "note": "checking the cooler"}
+        mosquitto_pub(mosquitto.port, f"factory/ack/line1/{device}", orjson.dumps(ack))
+        (acked,) = alerts.wait_for(lambda m: m.json()["event"] == "acknowledged")
+        assert acked.json()["alert_id"] == alert_id and acked.json()["state"] == "firing"
+        assert acked.json()["acknowledged_by"] == "night shift"
+        states.wait_for(lambda m: any("acknowledged_by" in f for f in m.json()["firing"]))
+        late = Collector(mosquitto.port, [f"factory/state/line1/{device}"])
+        try:
+            (retained,) = late.wait_for(lambda m: True)
+        finally:
+            late.close()
+        (entry,) = retained.json()["firing"]
+        assert retained.retain and entry["alert_id"] == alert_id
+        assert entry["acknowledged_at"] == acked.json()["acknowledged_at"]
+        for i, t in enumerate((60.0, 60.5, 61.0), start=1):
+            body = {**orjson.loads(NORMAL.format(t=t)), "ts": t0 + 10 * i}
+            mosquitto_pub(mosquitto.port, f"factory/line1/{device}/reading", orjson.dumps(body))
+        (resolved,) = alerts.wait_for(lambda m: m.json()["event"] == "resolved")
+        assert resolved.json()["alert_id"] == alert_id
+    finally:
+        alerts.close()
+        states.close()
+
+    def events() -> list[list]:
+        series = query(
+            influxdb.url,
+            f'SELECT "event", "alert_id", "by" FROM alert_event WHERE device = \'{device}\'',
+            TEST_DB,
+        )
+        return series[0]["values"] if series else []
+
+    wait_until(lambda: len(events()) >= 3, 15, "three alert_event points")
+    # Each at its own time: the readings' (10 min ago), the acknowledgement's (now).
+    by_event = {row[1]: row for row in events()}
+    assert sorted(by_event) == ["acknowledged", "firing", "resolved"]
+    assert {row[2] for row in events()} == {alert_id}
+    assert by_event["acknowledged"][3] == "night shift"
