@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
+from api import alerts as alerting
 from api.auth import HEADER, KeyCheck
 from api.body import body_too_large, drain, read_body
 from api.config import ApiConfig
@@ -27,10 +27,10 @@ from api.influx import InfluxQueryError, InfluxReader, InfluxUnavailable
 from api.loaded_model import LoadedModel, model_loader
 from api.metrics import ApiMetrics
 from api.openapi import build_openapi
+from api.params import int_param, name_param
 from api.predict import check_media_type, parse_request, predict_body
 from api.readiness import CachedCheck, mqtt_reachable
 from contract import DEFAULT_FIELDS
-from contract.topics import valid_name
 from model.holder import ModelHolder
 from model.scorer import Scorer, load_scorer
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 # Endpoints that need the API key when keys are configured (/health never does).
-PROTECTED = frozenset({"predict", "model_info", "recent"})
+PROTECTED = frozenset({"predict", "model_info", "recent", "alerts", "alert_ack", "alert_label"})
 # Metrics label for a path: known routes by name, everything else lumped together.
 _KNOWN_PATHS = {
     "/predict": "predict",
@@ -48,8 +48,11 @@ _KNOWN_PATHS = {
     "/metrics": "metrics",
     "/openapi.json": "openapi",
     "/api/recent": "recent",
+    "/api/alerts": "alerts",
     "/": "page",
 }
+# /api/alerts/<alert_id>/<action>: labelled by action, never by id (bounded label set).
+_ALERT_ACTIONS = {"ack": "alert_ack", "label": "alert_label"}
 _HTTP_CODES = {
     400: "bad_request",
     404: "not_found",
@@ -76,8 +79,7 @@ class TimingMiddleware:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         started = time.perf_counter()
-        path = environ.get("PATH_INFO", "")
-        endpoint = _KNOWN_PATHS.get(path, "static" if path.startswith("/static/") else "other")
+        endpoint = _endpoint_label(environ.get("PATH_INFO", ""))
 
         def timed_start_response(status: str, headers: list, exc_info=None):
             elapsed = time.perf_counter() - started
@@ -94,6 +96,17 @@ class TimingMiddleware:
             return start_response(status, headers, exc_info)
 
         return self._app(environ, timed_start_response)
+
+
+def _endpoint_label(path: str) -> str:
+    known = _KNOWN_PATHS.get(path)
+    if known is not None:
+        return known
+    if path.startswith("/static/"):
+        return "static"
+    if path.startswith("/api/alerts/"):
+        return _ALERT_ACTIONS.get(path.rsplit("/", 1)[-1], "other")
+    return "other"
 
 
 def _page_html(cfg: ApiConfig, keys_enabled: bool) -> bytes:
@@ -149,6 +162,7 @@ def create_app(
                 "mqtt", lambda: mqtt_reachable(cfg.mqtt, cfg.ready.timeout_s), cfg.ready.cache_s
             )
         )
+    alert_store = alerting.AlertStore(influx.client, cfg.influx, cfg.alerts)
     page = _page_html(cfg, keys.enabled)
     openapi_cache: dict[str, bytes] = {}
 
@@ -271,6 +285,8 @@ def create_app(
                 max_records=cfg.limits.max_records,
                 max_body_bytes=cfg.limits.max_body_bytes,
                 max_minutes=cfg.influx.max_minutes,
+                max_hours=cfg.alerts.max_hours,
+                max_alerts=cfg.alerts.max_alerts,
                 keys_enabled=keys.enabled,
                 version=scorer.version,
             )
@@ -281,9 +297,11 @@ def create_app(
 
     @app.get("/api/recent")
     def recent() -> Response:
-        minutes = _minutes_param(request.args.get("minutes"), cfg.influx.max_minutes)
-        line = _name_param(request.args.get("line"), "line")
-        device = _name_param(request.args.get("device"), "device")
+        minutes = int_param(
+            request.args.get("minutes"), "minutes", DEFAULT_MINUTES, cfg.influx.max_minutes
+        )
+        line = name_param(request.args.get("line"), "line")
+        device = name_param(request.args.get("device"), "device")
         scorer = holder.current.scorer
         try:
             devices = influx.recent(minutes, line, device)
@@ -300,6 +318,52 @@ def create_app(
             }
         )
 
+    # --- alerts: list (InfluxDB), acknowledge (MQTT, applied by the gateway), label ---
+
+    @app.get("/api/alerts")
+    def alerts() -> Response:
+        query = alerting.list_query(request.args, cfg.alerts)
+        with alerting.influx_answers():
+            return json_response(alert_store.listing(query))
+
+    def known_alert(alert_id: str) -> alerting.Alert:
+        with alerting.influx_answers():
+            alert = alert_store.find(alert_id)
+        if alert is None:
+            raise ApiError(
+                404,
+                "unknown_alert",
+                f"no alert {alert_id} in the last {cfg.alerts.lookback_days} days",
+                field="alert_id",
+            )
+        return alert
+
+    @app.post("/api/alerts/<alert_id>/ack")
+    def alert_ack(alert_id: str) -> Response:
+        alert_id = alerting.path_alert_id(alert_id)
+        body = alerting.json_object(request.mimetype, request.environ, cfg.limits.max_body_bytes)
+        ack = alerting.ack_request(body)
+        alert = known_alert(alert_id)
+        alerting.check_firing(alert)
+        topic = alerting.broker_answers(
+            lambda: alerting.publish_ack(cfg.mqtt, alert, ack, cfg.alerts.ack_timeout_s)
+        )
+        return json_response(
+            {"alert_id": alert_id, "line": alert.line, "device": alert.device,
+             "topic": topic, "status": "sent"},
+            202,
+        )  # fmt: skip
+
+    @app.post("/api/alerts/<alert_id>/label")
+    def alert_label(alert_id: str) -> Response:
+        alert_id = alerting.path_alert_id(alert_id)
+        body = alerting.json_object(request.mimetype, request.environ, cfg.limits.max_body_bytes)
+        label = alerting.label_request(body)
+        alert = known_alert(alert_id)
+        with alerting.influx_answers():
+            stored = alert_store.write_label(alert, label)
+        return json_response({**alert.entry(), "label": stored}, 201)
+
     @app.get("/")
     def index() -> Response:
         return Response(page, mimetype="text/html")
@@ -315,29 +379,3 @@ def create_app(
     app.extensions["fast_predict"] = fast
     app.wsgi_app = TimingMiddleware(fast, metrics)  # type: ignore[method-assign]
     return app
-
-
-_INT = re.compile(r"^\s*\d{1,9}\s*$")
-
-
-def _minutes_param(raw: str | None, maximum: int) -> int:
-    if raw is None or raw == "":
-        return min(DEFAULT_MINUTES, maximum)
-    if not _INT.match(raw) or not 1 <= int(raw) <= maximum:
-        raise ApiError(
-            422, "bad_parameter", f"minutes must be an integer from 1 to {maximum}", field="minutes"
-        )
-    return int(raw)
-
-
-def _name_param(raw: str | None, name: str) -> str | None:
-    if raw is None or raw == "":
-        return None
-    if not valid_name(raw):
-        raise ApiError(
-            422,
-            "bad_parameter",
-            f"{name} must be 1-64 printable characters without spaces, '+', '#' or '/'",
-            field=name,
-        )
-    return raw

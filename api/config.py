@@ -51,6 +51,12 @@ class InfluxQueryConfig:
     database: str = "factory"
     retention_policy: str = ""
     measurement: str = "reading"
+    # How feedback labels (POST /api/alerts/<id>/label) are written, as the gateway's
+    # [influx]: 1 = /write of InfluxDB 1.x (database, retention_policy); 2 = the v2
+    # write API (org, bucket, token).
+    api: int = 1
+    org: str = ""
+    bucket: str = "factory"
     # InfluxDB 1.x user, or a 2.x/3.x token (sent as "Authorization: Token ...").
     username: str = ""
     password: str = ""
@@ -67,6 +73,8 @@ class InfluxQueryConfig:
             raise ValueError("influx.url must start with http:// or https://")
         if self.max_minutes < 1 or self.max_points_per_device < 1:
             raise ValueError("influx.max_minutes and influx.max_points_per_device must be >= 1")
+        if self.api not in (1, 2):
+            raise ValueError("influx.api must be 1 or 2")
 
     def secret_token(self) -> str:
         return read_secret(self.token, self.token_file, "influx.token")
@@ -83,6 +91,28 @@ class ReadyConfig:
     # Dependency checks are cached this long so probes cannot hammer the broker/database.
     cache_s: float = 5.0
     timeout_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    # GET /api/alerts: the longest window a caller may ask for, and alerts per answer.
+    max_hours: int = 30 * 24
+    max_alerts: int = 200
+    # How far back an alert id is found (acknowledge, label), and how long a
+    # still-firing alert stays listed after its last event.
+    lookback_days: int = 30
+    # Events read per InfluxDB query: bounds the work of one request.
+    max_events: int = 20000
+    # Acknowledgements: the broker must accept the connection and PUBACK within this.
+    ack_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if min(self.max_hours, self.max_alerts, self.lookback_days, self.max_events) < 1:
+            raise ValueError(
+                "alerts.max_hours, max_alerts, lookback_days and max_events must be >= 1"
+            )
+        if self.ack_timeout_s <= 0:
+            raise ValueError("alerts.ack_timeout_s must be > 0")
 
 
 @dataclass(frozen=True)
@@ -126,6 +156,7 @@ class ApiConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     influx: InfluxQueryConfig = field(default_factory=InfluxQueryConfig)
     ready: ReadyConfig = field(default_factory=ReadyConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     server: ServerConfig = field(default_factory=ServerConfig)
 

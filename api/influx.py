@@ -29,6 +29,11 @@ class InfluxReader:
     def configured(self) -> bool:
         return self._client.configured
 
+    @property
+    def client(self) -> InfluxClient:
+        """The worker's one InfluxDB client, shared with the alert endpoints."""
+        return self._client
+
     def ping(self, timeout_s: float) -> bool:
         return self._client.ping(timeout_s)
 

@@ -29,6 +29,208 @@ def _field_schema(spec: FieldSpec) -> dict[str, Any]:
     }
 
 
+_TIME = {"type": "string", "format": "date-time"}
+_NULLABLE_TIME = {"type": ["string", "null"], "format": "date-time"}
+_NULLABLE_TEXT = {"type": ["string", "null"]}
+_ALERT_ID = {"type": "string", "pattern": "^[0-9a-f]{16}$", "minLength": 16, "maxLength": 16}
+_LABELS = ["real_fault", "false_alarm"]
+_LABEL = {
+    "type": "object",
+    "required": ["label", "fault_type", "note", "by", "labelled_at"],
+    "properties": {
+        "label": {"type": "string", "enum": _LABELS},
+        "fault_type": _NULLABLE_TEXT,
+        "note": _NULLABLE_TEXT,
+        "by": {"type": "string"},
+        "labelled_at": _NULLABLE_TIME,
+    },
+}
+_ALERT = {
+    "type": "object",
+    "required": [
+        "alert_id", "line", "device", "kind", "fault", "state", "started", "last_event",
+        "last_event_at", "resolved_at", "acknowledged_by", "acknowledged_at", "note",
+        "silenced", "peak_score", "events", "label",
+    ],
+    "properties": {
+        "alert_id": {"type": "string"},
+        "line": {"type": "string"},
+        "device": {"type": "string"},
+        "kind": {
+            "type": "string",
+            "description": "process_anomaly, sensor_fault or model_drift",
+        },
+        "fault": {**_NULLABLE_TEXT, "description": "the sensor fault's type (sensor_fault)"},
+        "state": {"type": "string", "enum": ["firing", "resolved"]},
+        "started": {**_TIME, "description": "when the alert started firing"},
+        "last_event": {
+            "type": "string",
+            "description": "firing, repeated, acknowledged, resolved or silenced",
+        },
+        "last_event_at": _TIME,
+        "resolved_at": _NULLABLE_TIME,
+        "acknowledged_by": _NULLABLE_TEXT,
+        "acknowledged_at": _NULLABLE_TIME,
+        "note": {**_NULLABLE_TEXT, "description": "the acknowledgement's note"},
+        "silenced": {
+            "type": "boolean",
+            "description": "a transition was held back by a maintenance silence",
+        },
+        "peak_score": {"type": ["number", "null"]},
+        "events": {"type": "integer", "minimum": 1, "description": "stored events read"},
+        "label": {"oneOf": [{"$ref": "#/components/schemas/Label"}, {"type": "null"}]},
+    },
+}  # fmt: skip
+
+
+def _alert_paths(
+    name_param: dict[str, Any],
+    secured: list[dict[str, Any]],
+    unauthorized: dict[str, Any],
+    max_hours: int,
+    max_alerts: int,
+) -> dict[str, Any]:
+    alert_ref = {"$ref": "#/components/schemas/Alert"}
+    id_param = {"name": "alert_id", "in": "path", "required": True, "schema": _ALERT_ID}
+    text = {"type": ["string", "null"]}
+    person = {"type": "string", "minLength": 1, "maxLength": 64}
+
+    def body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+        schema = {"type": "object", "required": required, "properties": properties}
+        return {"required": True, "content": {"application/json": {"schema": schema}}}
+
+    def action(summary: str, description: str, request: dict[str, Any], ok: dict) -> dict:
+        return {
+            "post": {
+                "summary": summary,
+                "description": description,
+                "security": secured,
+                "parameters": [id_param],
+                "requestBody": request,
+                "responses": {
+                    **ok,
+                    "400": _error("body is empty or not JSON"),
+                    **unauthorized,
+                    "404": _error("no alert with this id within the lookback"),
+                    "413": _error("body over the limit"),
+                    "415": _error("Content-Type is not application/json"),
+                    "422": _error("bad alert id or body (names the field)"),
+                    "502": _error("InfluxDB or the broker answered with an error"),
+                    "503": _error("InfluxDB or the MQTT broker did not answer"),
+                },
+            }
+        }
+
+    ack_ok = {
+        "type": "object",
+        "required": ["alert_id", "line", "device", "topic", "status"],
+        "properties": {
+            "alert_id": {"type": "string"},
+            "line": {"type": "string"},
+            "device": {"type": "string"},
+            "topic": {"type": "string"},
+            "status": {"type": "string", "enum": ["sent"]},
+        },
+    }
+    return {
+        "/api/alerts": {
+            "get": {
+                "summary": "Alerts from the stored history, newest start first",
+                "description": (
+                    "Alerts with an event in the last `hours`, and (unless state=resolved) "
+                    f"those still firing; at most {max_alerts} (then truncated is true)."
+                ),
+                "security": secured,
+                "parameters": [
+                    {
+                        "name": "hours",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": max_hours,
+                            "default": 24,
+                        },
+                    },
+                    {"name": "line", "in": "query", "required": False, "schema": name_param},
+                    {"name": "device", "in": "query", "required": False, "schema": name_param},
+                    {
+                        "name": "state",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "string",
+                            "enum": ["all", "firing", "resolved"],
+                            "default": "all",
+                        },
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "one entry per alert",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["hours", "state", "count", "truncated", "alerts"],
+                                    "properties": {
+                                        "hours": {"type": "integer"},
+                                        "state": {"type": "string"},
+                                        "count": {"type": "integer", "minimum": 0},
+                                        "truncated": {"type": "boolean"},
+                                        "alerts": {"type": "array", "items": alert_ref},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    **unauthorized,
+                    "414": {
+                        "description": "request line over 4094 bytes (answered by gunicorn)",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "422": _error("a query parameter is invalid (names it)"),
+                    "502": _error("InfluxDB answered with an error"),
+                    "503": _error("InfluxDB is not configured or did not answer"),
+                },
+            }
+        },
+        "/api/alerts/{alert_id}/ack": action(
+            "Acknowledge a firing alert",
+            "Publishes the acknowledgement on factory/ack/<line>/<device> (QoS 1) and "
+            "answers 202 once the broker accepted it; the gateway applies it.",
+            body({"by": person, "note": {**text, "maxLength": 500}}, ["by"]),
+            {
+                "202": {
+                    "description": "the broker accepted the acknowledgement",
+                    "content": {"application/json": {"schema": ack_ok}},
+                },
+                "409": _error("the alert is already resolved"),
+            },
+        ),
+        "/api/alerts/{alert_id}/label": action(
+            "Label an alert: real fault or false alarm",
+            "Stores the label (alert_label in InfluxDB); a new label replaces the old one.",
+            body(
+                {
+                    "label": {"type": "string", "enum": _LABELS},
+                    "by": person,
+                    "note": {**text, "maxLength": 500},
+                    "fault_type": {**text, "maxLength": 64},
+                },
+                ["label", "by"],
+            ),
+            {
+                "201": {
+                    "description": "the alert with its stored label",
+                    "content": {"application/json": {"schema": alert_ref}},
+                }
+            },
+        ),
+    }
+
+
 def build_openapi(
     *,
     features: tuple[str, ...],
@@ -37,6 +239,8 @@ def build_openapi(
     max_records: int,
     max_body_bytes: int,
     max_minutes: int,
+    max_hours: int = 720,
+    max_alerts: int = 200,
     keys_enabled: bool,
     version: str,
 ) -> dict[str, Any]:
@@ -371,6 +575,7 @@ def build_openapi(
                 },
             }
         },
+        **_alert_paths(name_param, secured, unauthorized, max_hours, max_alerts),
         "/openapi.json": {
             "get": {
                 "summary": "This document",
@@ -404,6 +609,8 @@ def build_openapi(
                 "PredictResult": result,
                 "PredictBatch": batch,
                 "Series": series,
+                "Alert": _ALERT,
+                "Label": _LABEL,
                 "Error": error,
             },
             "securitySchemes": {"ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},

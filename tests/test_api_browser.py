@@ -1,20 +1,44 @@
 """The web page in real headless Chromium (Debian ``chromium`` + ``chromium-driver``),
 driven by Selenium: the form scores a reading; after a simulator run through the real
 gateway into the real InfluxDB, the page draws per-device charts with alerts marked
-and keeps them up to date."""
+and keeps them up to date; an alert is acknowledged (MQTT) and labelled (InfluxDB)
+with the alerts panel's buttons."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import orjson
 import pytest
+import urllib3
 
+from contract.alerting import FALSE_ALARM, FIRING, ack_payload, alert_id
+from contract.lineprotocol import encode_point
+from contract.schema import (
+    ALERT_EVENT,
+    ALERT_ID,
+    ALERT_LABEL,
+    DEVICE,
+    EVENT,
+    KIND,
+    LINE,
+    SCORE,
+    STARTED_NS,
+)
+from contract.topics import ack_topic
 from devstack.influxdb import query
 from tests.conftest import TEST_DB
-from tests.helpers import mosquitto_pub, python_module, summary, unique, wait_for_points
+from tests.helpers import (
+    Collector,
+    mosquitto_pub,
+    python_module,
+    summary,
+    unique,
+    wait_for_points,
+)
 from tests.test_api_server import ApiServer
 
 pytestmark = pytest.mark.integration
@@ -218,4 +242,91 @@ def test_page_asks_for_the_api_key_and_keeps_it_for_the_tab(browser, models_dir,
         assert stored == key
     finally:
         browser.execute_script("sessionStorage.clear()")
+        server.stop()
+
+
+def _click_in_row(driver, alert: str, action: str) -> bool:
+    """Click a row's button; the table is redrawn on every poll, so a stale row is
+    found again (the wait retries)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+
+    selector = f'#alerts-body tr[data-alert-id="{alert}"] button[data-action="{action}"]'
+    try:
+        found = driver.find_elements(By.CSS_SELECTOR, selector)
+        if not found:
+            return False
+        found[0].click()
+        return True
+    except StaleElementReferenceException:
+        return False
+
+
+def _row_attribute(driver, alert: str, name: str) -> str | None:
+    return driver.execute_script(
+        "const r = document.querySelector(`#alerts-body tr[data-alert-id='${arguments[0]}']`);"
+        "return r ? (r.dataset[arguments[1]] || '') : null;",
+        alert,
+        name,
+    )
+
+
+def test_alerts_panel_acknowledges_and_labels(browser, models_dir, influxdb, mosquitto, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    line, device, kind = unique("alerts"), "press-01", "process_anomaly"
+    started = time.time_ns() - 600 * 10**9
+    ident = alert_id(line, device, kind, started)
+    point = encode_point(
+        ALERT_EVENT,
+        {LINE: line, DEVICE: device, KIND: kind, EVENT: FIRING},
+        {ALERT_ID: ident, STARTED_NS: started, SCORE: 0.93},
+        started,
+    )
+    resp = urllib3.request("POST", f"{influxdb.url}/write?db={TEST_DB}", body=point.encode())
+    assert resp.status == 204, resp.data
+    server = ApiServer(
+        tmp_path,
+        models_dir,
+        f'page_refresh_s = 1.0\n[influx]\nurl = "{influxdb.url}"\ndatabase = "{TEST_DB}"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {mosquitto.port}\n',
+    ).start()
+    acks = Collector(mosquitto.port, [ack_topic(line, device)])
+    try:
+        browser.get(f"{server.url}/?line={line}")
+        _wait(browser, lambda d: _row_attribute(d, ident, "state") == FIRING, message="alert row")
+
+        _wait(browser, lambda d: _click_in_row(d, ident, "ack"), message="Acknowledge button")
+        dialog = browser.find_element(By.ID, "alert-dialog")
+        _wait(browser, lambda d: dialog.is_displayed(), message="acknowledge dialog")
+        browser.find_element(By.ID, "alert-by").send_keys("Olga")
+        browser.find_element(By.ID, "alert-note").send_keys("checking the bearing")
+        browser.find_element(By.ID, "alert-confirm").click()
+        (message,) = acks.wait_for(lambda m: True)
+        assert message.payload == ack_payload(ident, "Olga", "checking the bearing")
+        # No gateway here to record it: the page shows it as sent, not yet acknowledged.
+        _wait(browser, lambda d: _row_attribute(d, ident, "ack") == "sent", message="ack sent")
+        assert not dialog.is_displayed()
+
+        _wait(browser, lambda d: _click_in_row(d, ident, FALSE_ALARM), message="False alarm")
+        _wait(browser, lambda d: dialog.is_displayed(), message="label dialog")
+        # The name is remembered from the acknowledgement.
+        assert browser.find_element(By.ID, "alert-by").get_attribute("value") == "Olga"
+        assert not browser.find_element(By.ID, "alert-fault-type").is_displayed()
+        browser.find_element(By.ID, "alert-confirm").click()
+        _wait(
+            browser,
+            lambda d: _row_attribute(d, ident, "label") == FALSE_ALARM,
+            message="label shown",
+        )
+        stored = query(
+            influxdb.url,
+            f'SELECT "label", "by" FROM {ALERT_LABEL} WHERE {ALERT_ID} = \'{ident}\'',
+            TEST_DB,
+        )
+        assert [row[1:] for row in stored[0]["values"]] == [[FALSE_ALARM, "Olga"]]
+        _screenshot(browser, tmp_path, "page-alerts.png")
+    finally:
+        acks.close()
+        browser.execute_script("sessionStorage.clear(); localStorage.clear()")
         server.stop()

@@ -1,4 +1,5 @@
-// The operator page: a form that calls POST /predict, and per-device live charts fed by
+// The operator page: a form that calls POST /predict, the alerts (GET /api/alerts) with
+// buttons to acknowledge and label them, and per-device live charts fed by
 // GET /api/recent (InfluxDB), polled every few seconds. Plain browser JavaScript, no build.
 "use strict";
 
@@ -112,6 +113,174 @@
       if (e.field && $(e.field)) $(e.field).focus();
     }
   });
+
+  // --- alerts: list, acknowledge, label ----------------------------------------------
+  const NAME_STORAGE = "factory-operator-name"; // remembered so nobody types it twice
+  const KIND_TEXT = {
+    process_anomaly: "process anomaly",
+    sensor_fault: "sensor fault",
+    model_drift: "model drift",
+  };
+  const LABEL_TEXT = { real_fault: "real fault", false_alarm: "false alarm" };
+  const FIELD_INPUTS = { by: "alert-by", note: "alert-note", fault_type: "alert-fault-type" };
+  const alertsById = new Map();
+  // Acknowledgements the broker accepted that the gateway has not recorded yet.
+  const pendingAcks = new Map();
+  let dialogFor = null; // {action, alert} while the dialog is open
+
+  function when(iso) {
+    return iso ? new Date(iso).toLocaleString() : "–";
+  }
+
+  function cell(tr, text, className) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (className) td.className = className;
+    tr.appendChild(td);
+    return td;
+  }
+
+  function actionButton(text, action, alertId) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.className = "small" + (action === "ack" ? "" : " secondary");
+    b.textContent = text;
+    b.dataset.action = action;
+    b.dataset.alertId = alertId;
+    return b;
+  }
+
+  // Built with textContent only: names and notes are typed by people.
+  function alertRow(a) {
+    const tr = document.createElement("tr");
+    tr.dataset.alertId = a.alert_id;
+    tr.dataset.state = a.state;
+    const badge = document.createElement("span");
+    badge.className = "badge " + (a.state === "firing" ? "bad" : "ok");
+    badge.textContent = a.state;
+    cell(tr, "").appendChild(badge);
+    cell(tr, `${a.line} / ${a.device}`);
+    cell(tr, (KIND_TEXT[a.kind] || a.kind) + (a.fault ? ` · ${a.fault}` : ""));
+    cell(tr, when(a.started));
+    cell(tr, fmt(a.peak_score, 2), "num");
+    let ack = "–";
+    if (a.acknowledged_by) {
+      pendingAcks.delete(a.alert_id);
+      ack = `${a.acknowledged_by}, ${when(a.acknowledged_at)}`;
+      tr.dataset.ack = "acknowledged";
+    } else if (pendingAcks.has(a.alert_id)) {
+      ack = `sent by ${pendingAcks.get(a.alert_id)}, waiting for the gateway`;
+      tr.dataset.ack = "sent";
+    }
+    const ackCell = cell(tr, ack, "ack");
+    if (a.note) ackCell.title = a.note;
+    const label = a.label;
+    tr.dataset.label = label ? label.label : "";
+    const labelCell = cell(
+      tr,
+      label ? `${LABEL_TEXT[label.label] || label.label} (${label.by})` : "–",
+      "label",
+    );
+    if (label) labelCell.title = [label.fault_type, label.note].filter(Boolean).join(" · ");
+    const actions = cell(tr, "", "actions");
+    if (a.state === "firing" && !tr.dataset.ack) {
+      actions.appendChild(actionButton("Acknowledge", "ack", a.alert_id));
+    }
+    actions.appendChild(actionButton("Real fault", "real_fault", a.alert_id));
+    actions.appendChild(actionButton("False alarm", "false_alarm", a.alert_id));
+    return tr;
+  }
+
+  async function refreshAlerts() {
+    const params = new URLSearchParams({
+      state: $("alert-state").value,
+      hours: $("alert-hours").value,
+    });
+    if ($("line-filter").value) params.set("line", $("line-filter").value);
+    try {
+      const data = await api(`/api/alerts?${params}`);
+      alertsById.clear();
+      for (const a of data.alerts) alertsById.set(a.alert_id, a);
+      $("alerts-body").replaceChildren(...data.alerts.map(alertRow));
+      $("alerts-body").dataset.count = String(data.alerts.length);
+      $("no-alerts").hidden = data.alerts.length > 0;
+      const more = data.truncated ? " (the newest shown)" : "";
+      $("alerts-status").textContent =
+        `${data.count} alert${data.count === 1 ? "" : "s"}${more} · ` +
+        `updated ${new Date().toLocaleTimeString()}`;
+    } catch (e) {
+      $("alerts-status").textContent = `not updated: ${e.message}`;
+    }
+  }
+
+  function openAlertDialog(action, alert) {
+    dialogFor = { action, alert };
+    $("alert-dialog-title").textContent =
+      action === "ack" ? "Acknowledge alert" : `Label as ${LABEL_TEXT[action]}`;
+    $("alert-dialog-what").textContent =
+      `${alert.line} / ${alert.device} · ${KIND_TEXT[alert.kind] || alert.kind}` +
+      `${alert.fault ? " · " + alert.fault : ""} · started ${when(alert.started)}`;
+    $("alert-by").value = localStorage.getItem(NAME_STORAGE) || "";
+    $("alert-note").value = "";
+    $("alert-fault-type").value = "";
+    $("alert-fault-type-row").hidden = action !== "real_fault";
+    $("alert-dialog-error").hidden = true;
+    $("alert-confirm").textContent = action === "ack" ? "Acknowledge" : "Save label";
+    $("alert-dialog").showModal();
+    ($("alert-by").value ? $("alert-note") : $("alert-by")).focus();
+  }
+
+  $("alerts-body").addEventListener("click", (ev) => {
+    const b = ev.target.closest("button[data-action]");
+    const alert = b && alertsById.get(b.dataset.alertId);
+    if (alert) openAlertDialog(b.dataset.action, alert);
+  });
+  $("alert-cancel").addEventListener("click", () => $("alert-dialog").close());
+  $("alert-dialog").addEventListener("close", () => {
+    dialogFor = null;
+  });
+
+  $("alert-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (!dialogFor) return;
+    const { action, alert } = dialogFor;
+    const by = $("alert-by").value.trim();
+    const note = $("alert-note").value.trim();
+    const body = { by };
+    if (note) body.note = note;
+    let path = `/api/alerts/${encodeURIComponent(alert.alert_id)}/ack`;
+    if (action !== "ack") {
+      path = `/api/alerts/${encodeURIComponent(alert.alert_id)}/label`;
+      body.label = action;
+      const faultType = $("alert-fault-type").value.trim();
+      if (action === "real_fault" && faultType) body.fault_type = faultType;
+    }
+    $("alert-confirm").disabled = true;
+    try {
+      const result = await api(path, {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify(body),
+      });
+      localStorage.setItem(NAME_STORAGE, by);
+      if (action === "ack") pendingAcks.set(alert.alert_id, by);
+      $("alert-dialog").close();
+      $("alert-message").hidden = false;
+      $("alert-message").textContent =
+        action === "ack"
+          ? `Acknowledgement of ${alert.line} / ${alert.device} sent on ${result.topic}.`
+          : `${alert.line} / ${alert.device} labelled ${LABEL_TEXT[action]}.`;
+      refreshAlerts();
+    } catch (e) {
+      $("alert-dialog-error").hidden = false;
+      $("alert-dialog-error").textContent = e.message;
+      if (e.field && FIELD_INPUTS[e.field]) $(FIELD_INPUTS[e.field]).focus();
+    } finally {
+      $("alert-confirm").disabled = false;
+    }
+  });
+  $("alert-state").addEventListener("change", refreshAlerts);
+  $("alert-hours").addEventListener("change", refreshAlerts);
 
   // --- live charts ------------------------------------------------------------------
   // Draw a thin red band at every anomalous reading: the alert markers.
@@ -233,6 +402,7 @@
 
   async function refresh() {
     clearTimeout(pollTimer);
+    refreshAlerts(); // polled with the charts; not awaited, so neither waits on the other
     const params = new URLSearchParams({ minutes: $("minutes").value });
     if ($("line-filter").value) params.set("line", $("line-filter").value);
     try {
