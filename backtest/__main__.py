@@ -3,13 +3,17 @@
     python -m backtest --csv held-out.csv                       # the active model
     python -m backtest --csv held-out.csv --model old=var/models/v1 --model new=var/models/v2
     python -m backtest --csv nab.csv --windows windows.json --count-from '2013-12-14'
+    python -m backtest --influx-url http://localhost:8086 --database factory \
+        --since 2026-11-01T00:00:00Z --until 2026-11-08T00:00:00Z --model old=... --model new=...
 
 Readings go through the gateway's own detection code (:mod:`backtest.replay`) with
 the alert and sensor-fault rules of ``--config`` (default ``config/gateway.toml``).
 Every alert is judged as an event (:mod:`backtest.episodes`): per fault type the
 episodes caught and how fast, and the false alerts per machine-day.  Several models
 are replayed on the same file and put side by side (``--markdown`` writes that
-table).  A problem you can fix prints one ``error:`` line and exits 2.
+table).  With ``--influx-url`` instead of ``--csv`` the readings the gateway stored
+are replayed and judged by operators' alert labels (:mod:`backtest.history`).  A
+problem you can fix prints one ``error:`` line and exits 2.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,14 @@ from backtest.episodes import (
     match,
     pointwise,
 )
+from backtest.history import (
+    add_history_options,
+    compare_rows,
+    evaluate_stored,
+    header_lines,
+    label_lines,
+    load_stored,
+)
 from backtest.load import read_recording, read_windows
 from backtest.machine_state import machine_states
 from backtest.replay import Recording, replay
@@ -43,6 +56,7 @@ from gateway.config import load_gateway_config
 from model.artifact import ModelError
 from model.cli_support import add_csv_time_options, delimiter_arg, device_columns_arg, time_rules_of
 from model.dataset import DatasetError
+from model.influx_history import HistoryError, HistoryFilter, InfluxV1
 from model.scorer import Scorer, load_scorer
 
 _LOG = logging.getLogger("backtest")
@@ -58,7 +72,7 @@ def _model_arg(value: str) -> tuple[str, Path]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m backtest", description=__doc__.split("\n")[0])
-    p.add_argument("--csv", type=Path, required=True, help="readings with labels, time order")
+    p.add_argument("--csv", type=Path, help="readings with labels, time order")
     p.add_argument("--model", type=_model_arg, action="append", metavar="[NAME=]PATH",
                    help="model version dir or models dir (repeatable; default "
                         "var/models/current)")  # fmt: skip
@@ -85,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="field whose two levels tell running from idle (if present)")  # fmt: skip
     p.add_argument("--json", type=Path, help="write every figure as JSON here")
     p.add_argument("--markdown", type=Path, help="write the side-by-side table here")
+    add_history_options(p)
     return p
 
 
@@ -159,9 +174,60 @@ def evaluate(
     return summary, extra
 
 
+def _stored_history(args: argparse.Namespace) -> int:
+    """--influx-url: the stored history, judged by operators' labels."""
+    if args.since is None or args.until is None or args.since >= args.until:
+        raise DatasetError("--influx-url needs --since and --until (since before until)")
+    cfg = load_gateway_config(args.config)
+    models = _load_models(args.model)
+    client = InfluxV1(
+        args.influx_url,
+        args.database,
+        username=args.username,
+        password=os.environ.get("INFLUX_PASSWORD", ""),
+    )
+    flt = HistoryFilter(args.since, args.until, args.line, args.device_regex)
+    stored = load_stored(client, _fields(models, args.state_field), flt)
+    summaries: dict[str, Any] = {}
+    report: dict[str, Any] = {
+        "influx": {"database": args.database, "since_ns": args.since, "until_ns": args.until,
+                   "line": args.line, "device_regex": args.device_regex},
+        "labelled_alerts": [a.to_dict() for a in stored.labels],
+        "models": {},
+    }  # fmt: skip
+    for line in header_lines(stored):
+        sys.stdout.write(line + "\n")
+    for name, scorer in models.items():
+        summary, extra = evaluate_stored(
+            stored, scorer, cfg, grace_s=args.grace_s, near_s=args.near_s,
+            state_field=args.state_field,
+        )  # fmt: skip
+        summaries[name] = summary
+        report["models"][name] = {**extra, **to_json(summary)}
+        text = format_table(summary, f"{name} on stored history")
+        sys.stdout.write(text + "\n".join(label_lines(extra["labels"])) + "\n\n")
+    table = compare_table(summaries, compare_rows(report["models"]))
+    if len(summaries) > 1:
+        sys.stdout.write(table + "\n")
+    if args.markdown:
+        args.markdown.write_text(table + "\n", encoding="utf-8")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
+    if (args.csv is None) == (args.influx_url is None):
+        sys.stderr.write("error: give --csv FILE or --influx-url URL (stored history), not both\n")
+        return 2
+    if args.influx_url is not None:
+        try:
+            return _stored_history(args)
+        except (ConfigError, ModelError, DatasetError, HistoryError, ValueError, OSError) as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            return 2
     try:
         cfg = load_gateway_config(args.config)
         models = _load_models(args.model)

@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from backtest.episodes import AlertEvent
 from contract import Reading
-from gateway.alerts import FIRING
+from gateway.alerts import FIRING, RESOLVED
 from gateway.config import AlertConfig, SensorFaultConfig
 from gateway.detection import PROCESS_ANOMALY, SENSOR_FAULT, Detection
 from model.scorer import Scorer
@@ -58,6 +58,9 @@ class Replay:
     alerts: list[AlertEvent]  # new firings only (reminders are not new alerts)
     reminders: list[AlertEvent]  # repeats of an alert already firing (renotify_s)
     seconds: float
+    # Alerts going back to normal (same kind and detail as their firing): with
+    # ``alerts`` they give each alert's period (:func:`alert_periods`).
+    resolutions: list[AlertEvent] = field(default_factory=list)
 
 
 def _batches(ts_ns: np.ndarray) -> Iterator[tuple[int, int]]:
@@ -87,6 +90,7 @@ def replay(
     flags = np.zeros(n, dtype=bool)
     events: list[AlertEvent] = []
     reminders: list[AlertEvent] = []
+    resolutions: list[AlertEvent] = []
     started = time.perf_counter()
     lines, devices, ts = recording.lines, recording.devices, recording.ts_ns
     values = recording.values[:, columns]
@@ -107,19 +111,56 @@ def replay(
         scores[start:stop] = decided.scores
         flags[start:stop] = decided.flags
         for alert in decided.alerts:
+            r = readings[alert.at]
             if alert.state == FIRING:
-                r = readings[alert.at]
                 detail = alert.drivers[0][0] if alert.drivers else ""
                 event = AlertEvent(f"{r.line}/{r.device}", r.ts_ns, PROCESS_ANOMALY, detail)
                 (reminders if alert.repeat else events).append(event)
+            elif alert.state == RESOLVED:
+                resolutions.append(AlertEvent(f"{r.line}/{r.device}", r.ts_ns, PROCESS_ANOMALY))
         fault_events = [tr for _, tr in decided.faults] + detection.check_deadman(now / NS, now)
         for tr in fault_events:
-            if tr.state == FIRING:
-                events.append(
-                    AlertEvent(f"{tr.line}/{tr.device}", tr.ts_ns, SENSOR_FAULT, tr.fault)
-                )
+            if tr.state in (FIRING, RESOLVED):
+                event = AlertEvent(f"{tr.line}/{tr.device}", tr.ts_ns, SENSOR_FAULT, tr.fault)
+                (events if tr.state == FIRING else resolutions).append(event)
     seconds = time.perf_counter() - started
     _LOG.info(
         "replayed %d readings in %.1f s (%.0f readings/s)", n, seconds, n / max(seconds, 1e-9)
     )
-    return Replay(scores, flags, events, reminders, seconds)
+    return Replay(scores, flags, events, reminders, seconds, resolutions)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertPeriod:
+    """One alert of a replay, from its firing to its resolution (or the replay's end)."""
+
+    device: str  # "line/device"
+    kind: str  # process_anomaly, sensor_fault
+    detail: str  # first driver, or the sensor fault's type
+    start_ns: int
+    end_ns: int
+    resolved: bool
+
+
+def alert_periods(result: Replay, end_ns: int) -> list[AlertPeriod]:
+    """Each firing paired with the next resolution of the same device and kind (and,
+    for sensor faults, fault type); one still firing runs to ``end_ns``."""
+    open_: dict[tuple[str, str, str], AlertEvent] = {}
+    out: list[AlertPeriod] = []
+
+    def key(e: AlertEvent) -> tuple[str, str, str]:
+        return (e.device, e.kind, e.detail if e.kind == SENSOR_FAULT else "")
+
+    events = [(e.ts_ns, 1, e) for e in result.alerts]
+    events += [(e.ts_ns, 0, e) for e in result.resolutions]
+    # At one instant a resolution comes before a new firing.
+    for _, firing, e in sorted(events, key=lambda x: (x[0], x[1])):
+        k = key(e)
+        if firing:
+            open_[k] = e
+        elif k in open_:
+            f = open_.pop(k)
+            out.append(AlertPeriod(f.device, f.kind, f.detail, f.ts_ns, e.ts_ns, True))
+    for f in open_.values():
+        out.append(AlertPeriod(f.device, f.kind, f.detail, f.ts_ns, max(end_ns, f.ts_ns), False))
+    return sorted(out, key=lambda p: (p.start_ns, p.device, p.kind))

@@ -7,7 +7,7 @@ Undefined figures (NaN: no episodes, nothing detected, no state information) sho
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -185,8 +185,11 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def compare_table(summaries: Mapping[str, Summary]) -> str:
-    """Markdown table, one column per model (in the order given), one row per figure."""
+def compare_table(
+    summaries: Mapping[str, Summary], extra: Sequence[tuple[str, list[str]]] = ()
+) -> str:
+    """Markdown table, one column per model (in the order given), one row per figure;
+    ``extra`` rows (name, one cell per model) go last."""
     if not summaries:
         raise ValueError("nothing to compare")
     models = list(summaries)
@@ -219,6 +222,7 @@ def compare_table(summaries: Mapping[str, Summary]) -> str:
     for label, attr in (("precision", "precision"), ("recall", "recall"), ("F1", "f1")):
         figures = [getattr(s.pointwise, attr) if s.pointwise else None for s in per_model]
         rows.append((f"pointwise {label}", [_num(x, 3) for x in figures]))
+    rows += [(name, [_md_cell(c) for c in cells]) for name, cells in extra]
 
     header = "| figure | " + " | ".join(_md_cell(m) for m in models) + " |"
     align = "|---|" + "---:|" * len(models)

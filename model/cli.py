@@ -149,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labelled-csv", type=Path, help="also compare on this labelled CSV")
     p.add_argument("--label-column", help=f"with --labelled-csv (default {AUTO_LABEL_COLUMN})")
     p.add_argument("--fault-column", help=f"with --labelled-csv (default {AUTO_FAULT_COLUMN})")
+    labels = p.add_mutually_exclusive_group()
+    labels.add_argument("--labels", choices=["use", "gate", "ignore"], default="use",
+                        help="operators' alert labels (alert_label): learn from them and "
+                             "judge by them (use, default), only judge by them (gate), or "
+                             "ignore them")  # fmt: skip
+    labels.add_argument("--no-labels", dest="labels", action="store_const", const="ignore",
+                        help="ignore operators' alert labels (as --labels ignore)")  # fmt: skip
     p.add_argument("--out", type=Path, help="write the comparison as JSON here")
     p.add_argument("--gateway-config", type=Path, default=Path("config/gateway.toml"),
                    help="its [alerts] and [sensor_faults] rules are replayed")  # fmt: skip

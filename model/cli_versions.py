@@ -84,6 +84,7 @@ def _retrain_request(args: argparse.Namespace) -> RetrainRequest:
         fault_column=args.fault_column,
         gateway_config=gateway_config,
         tolerances=tolerances,
+        labels=getattr(args, "labels", "use"),
     )
 
 
@@ -103,6 +104,57 @@ def _recall_cell(stats: dict | None) -> str:
 
 def _per_fault(m: ModelFigures) -> dict:
     return (m.labelled or {}).get("per_fault", {})
+
+
+def _label_lines(h: dict) -> list[str]:
+    counts = h.get("labelled_alerts") or {}
+    mode = h.get("labels", "use")
+    if mode == "ignore":
+        return ["           operators' labels ignored (--no-labels)"]
+    if not any(counts.values()):
+        return ["           no operators' labels in the range"]
+    lines = [
+        f"           operators' labels: {counts.get('false_alarm', 0)} false alarms, "
+        f"{counts.get('real_fault', 0)} real faults"
+        + (" (judged by only; trained as without labels)" if mode == "gate" else "")
+    ]
+    used = h.get("labels_used")
+    if used:
+        lines.append(
+            f"           trained on as normal: {used['false_alarm_kept']} flagged readings in "
+            f"false-alarm periods ({used['false_alarm_readings']} readings in them)"
+        )
+        lines.append(
+            f"           left out near confirmed faults: {used['real_fault_readings']} readings "
+            f"(+-{h['fault_margin_s']:g} s), {used['real_fault_excluded_only']} of them "
+            "only for that"
+        )
+    return lines
+
+
+def _false_alarm_cell(f: dict) -> str:
+    return (
+        f"{f['alerts_on_false_alarms']} (on {f['false_alarm_periods_alerted']} "
+        f"of {f['false_alarm_periods']})"
+    )
+
+
+def _label_rows(models: list[ModelFigures]) -> list[tuple[str, list[str]]]:
+    if not all(m.labels for m in models):
+        return []
+    n = models[0].labels
+    return [
+        (f"backtest, labelled alerts ({n['replayed']} readings replayed)", []),
+        (
+            "  alerts on labelled false alarms",
+            [_false_alarm_cell(m.labels) for m in models],
+        ),
+        (
+            "  confirmed faults caught",
+            [f"{m.labels['real_faults_caught']} of {m.labels['real_faults']}" for m in models],
+        ),
+        ("  unlabelled alerts", [str(m.labels["unlabelled_alerts"]) for m in models]),
+    ]
 
 
 def format_retrain(report: RetrainReport) -> list[str]:
@@ -127,6 +179,7 @@ def format_retrain(report: RetrainReport) -> list[str]:
         f"(+-{h['fault_margin_s']:g} s)",
         f"           trained on {h['train']} readings before {_iso_ns(h['holdout_from_ns'])} "
         f"({how})",
+        *_label_lines(h),
         f"           held out {h['holdout']} readings from then on "
         f"({format_value(cand.backtest['machine_days'], 3)} machine-days); replayed from "
         f"{h['replay_context_readings']} readings per device earlier",
@@ -164,6 +217,7 @@ def format_retrain(report: RetrainReport) -> list[str]:
         ("  flap rate", [format_value(m.holdout.get("flap_rate"), 4) for m in models]),
         ("  score p99", [format_value(m.holdout.get("score_p99"), 4) for m in models]),
     ]
+    rows += _label_rows(models)
     if cand.labelled is not None:
         rows.append((f"backtest, labelled CSV ({cand.labelled['rows']} readings)", []))
         kinds = sorted({k for m in models for k in _per_fault(m)})
@@ -203,7 +257,13 @@ def format_retrain(report: RetrainReport) -> list[str]:
     lines.append('"not worse" checks:')
     for check in report.checks:
         mark = "ok  " if check["ok"] else "FAIL"
-        if "detected" in check:  # episode recall: the counts say more than the ratio
+        if "periods" in check:  # alerts on labelled false alarms
+            c_hit, a_hit = check["alerted_periods"]
+            lines.append(
+                f"  [{mark}] {check['check']}: candidate {check['candidate']} (on {c_hit} of "
+                f"{check['periods']}), active {check['active']} (on {a_hit}) ({check['rule']})"
+            )
+        elif "detected" in check:  # episode recall: the counts say more than the ratio
             (c_hit, a_hit), n = check["detected"], check["episodes"]
             lines.append(
                 f"  [{mark}] {check['check']}: candidate {c_hit}/{n}, active {a_hit}/{n} "

@@ -29,11 +29,31 @@
 5. Save the candidate as a new version (always, for inspection) and activate it only
    if it is not worse, or with ``force``.
 
+Operators' labels (``alert_label``, :mod:`model.alert_labels`; ``labels="use"``, the
+default; ``"gate"`` judges by them only, ``"ignore"`` / ``--no-labels`` is the behaviour
+without labels):
+
+* training: flagged readings of a device inside the period of a process-anomaly alert
+  labelled ``false_alarm`` are trained on as normal operation (they are no longer
+  excluded); readings inside, or within ``fault_margin_s`` of, an alert labelled
+  ``real_fault`` are excluded, flagged or not.  The summary counts both.
+* held-out backtest: confirmed faults are known episodes (an alert on one is not false).
+* label gate: both models are replayed (``history_readings`` of context per device
+  before each labelled period) over the labelled process-anomaly periods and judged by
+  :func:`backtest.labels.judge_labels`.  **The gate deliberately ignores the time
+  split**: a labelled period in the training part is judged too, and the candidate
+  has (rightly) learnt from it.  The labels are what operators told us about those
+  very periods; the gate checks the candidate now agrees with them, while the held-out
+  check still guards against a candidate that is worse on data it has not seen.
+
 "Not worse" (all must hold; tolerances in :class:`Tolerances`):
 
 * held-out false alerts per machine-day: candidate <= active + tolerance;
 * with a labelled CSV, for every fault type with episodes: episode recall
-  candidate >= active - tolerance (default 0: no episode type may be lost).
+  candidate >= active - tolerance (default 0: no episode type may be lost);
+* with labelled false alarms: the candidate's alerts on them < the active model's
+  (<= when the active model raised none);
+* with confirmed faults: the candidate catches every one the active model caught.
 
 Pointwise figures of the old rule (the share of clean held-out readings at or above
 the threshold, the flap rate) are still reported, as side figures.
@@ -57,13 +77,21 @@ from backtest.episodes import (
     match,
     pointwise,
 )
+from backtest.labels import judge_labels
 from backtest.load import read_recording
-from backtest.replay import Recording, replay
+from backtest.replay import Recording, alert_periods, replay
 from backtest.report import json_safe
 from backtest.summary import summarize
 from contract.timestamps import CSV_DEFAULT
 from gateway.config import GatewayConfig, load_gateway_config
 from gateway.detection import PROCESS_ANOMALY
+from model.alert_labels import (
+    LabelledAlert,
+    LabelMasks,
+    count_labels,
+    label_masks,
+    read_labels,
+)
 from model.artifact import ModelError, activate, active_version, save_artifact
 from model.config import RetrainSettings
 from model.dataset import Dataset, DatasetError
@@ -92,6 +120,10 @@ DEFAULT_GATEWAY_CONFIG = Path("config/gateway.toml")
 # noise, not a worse model.
 DEFAULT_FALSE_ALERTS_TOLERANCE = 0.5
 DEFAULT_RECALL_TOLERANCE = 0.0
+# What retraining does with operators' labels (alert_label): learn from them and judge
+# by them; only judge by them (training as without labels); ignore them.
+LABELS_USE, LABELS_GATE, LABELS_IGNORE = "use", "gate", "ignore"
+LABEL_MODES = (LABELS_USE, LABELS_GATE, LABELS_IGNORE)
 
 
 class RetrainError(ValueError):
@@ -135,6 +167,11 @@ class RetrainRequest:
     gateway_config: Path | None = None
     tolerances: Tolerances = field(default_factory=Tolerances)
     grace_s: float = DEFAULT_GRACE_S
+    labels: str = LABELS_USE  # LABEL_MODES
+
+    def __post_init__(self) -> None:
+        if self.labels not in LABEL_MODES:
+            raise ValueError(f"labels must be one of {LABEL_MODES}, got {self.labels!r}")
 
 
 @dataclass
@@ -148,6 +185,8 @@ class ModelFigures:
     holdout: dict[str, float | None] = field(default_factory=dict)
     # Backtest of the labelled CSV, if one was given.
     labelled: dict[str, Any] | None = None
+    # The model replayed over the operators' labelled alerts (backtest.labels).
+    labels: dict[str, Any] | None = None
 
 
 @dataclass
@@ -162,6 +201,8 @@ class RetrainReport:
     previous: str | None
     # The recorded sensor-fault periods: [{"device", "kind", "start_ns", "end_ns"}].
     sensor_fault_periods: list[dict[str, Any]] = field(default_factory=list)
+    # The operators' labelled alerts read (LabelledAlert.to_dict()).
+    labelled_alerts: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def not_worse(self) -> bool:
@@ -182,6 +223,7 @@ class RetrainReport:
             "candidate_version": self.candidate_dir.name,
             "previous_version": self.previous,
             "sensor_fault_periods": self.sensor_fault_periods,
+            "labelled_alerts": self.labelled_alerts,
         }
 
 
@@ -251,6 +293,45 @@ def not_worse(
                     "ok": (c_rec or 0.0) >= a_rec - tolerances.recall - 1e-12,
                 }
             )
+    if candidate.labels is not None and active.labels is not None:
+        checks += label_checks(candidate.labels, active.labels)
+    return checks
+
+
+def label_checks(candidate: dict[str, Any], active: dict[str, Any]) -> list[dict[str, Any]]:
+    """The label gate: fewer alerts on labelled false alarms (if the active model raised
+    any; else none more), and every confirmed fault the active model caught caught."""
+    checks = []
+    if active["false_alarm_periods"]:
+        c_n, a_n = candidate["alerts_on_false_alarms"], active["alerts_on_false_alarms"]
+        checks.append(
+            {
+                "check": "alerts on labelled false alarms",
+                "candidate": c_n,
+                "active": a_n,
+                "periods": active["false_alarm_periods"],
+                "alerted_periods": [
+                    candidate["false_alarm_periods_alerted"],
+                    active["false_alarm_periods_alerted"],
+                ],
+                "rule": "candidate < active" if a_n else "candidate <= active (active raised none)",
+                "ok": c_n < a_n if a_n else c_n <= a_n,
+            }
+        )
+    if active["real_faults"]:
+        lost = sorted(set(active["caught"]) - set(candidate["caught"]))
+        checks.append(
+            {
+                "check": "labelled real faults caught",
+                "candidate": candidate["real_faults_caught"],
+                "active": active["real_faults_caught"],
+                "detected": [candidate["real_faults_caught"], active["real_faults_caught"]],
+                "episodes": active["real_faults"],
+                "lost": lost,
+                "rule": "candidate catches every one the active model caught",
+                "ok": not lost,
+            }
+        )
     return checks
 
 
@@ -296,8 +377,13 @@ def prepare(
     settings: RetrainSettings,
     *,
     time_aware: bool = False,
+    masks: LabelMasks | None = None,
 ) -> PreparedHistory:
-    """Features over each device's full series, exclusions, then the time split."""
+    """Features over each device's full series, exclusions, then the time split.
+
+    ``masks`` (operators' labels): flagged readings inside a false alarm's period are
+    trained on as normal; readings inside or near a confirmed fault are not.
+    """
     spec = StreamSpec.from_features(features)
     column = {f: j for j, f in enumerate(history.fields)}
     rows = DeviceRows(
@@ -307,7 +393,13 @@ def prepare(
     )
     X, ready = compute_offline(rows, features)
     faulty = near_faults(history.keys, history.ts_ns, periods, settings.fault_margin_s)
-    excluded = history.anomalous | faulty
+    flagged = history.anomalous
+    if masks is not None:
+        # A confirmed fault outranks a false alarm next to it; a sensor fault stays out.
+        flagged = flagged & ~masks.false_alarm
+        excluded = flagged | faulty | masks.real_fault
+    else:
+        excluded = flagged | faulty
     clean = clean_windows(history.keys, excluded, spec.longest)
     usable = clean & ready
     # The split is by time over all readings: the time-aware candidate needs whole
@@ -336,6 +428,20 @@ def prepare(
         "holdout_clean": int((usable & ~before).sum()),
         "holdout_from_ns": cutoff,
     }
+    if masks is not None:
+        others = faulty | masks.real_fault
+        summary["labels_used"] = {
+            # Readings inside false-alarm periods, and the flagged ones among them now
+            # trained on as normal (none near a sensor fault or a confirmed fault).
+            "false_alarm_readings": int(masks.false_alarm.sum()),
+            "false_alarm_kept": int((history.anomalous & masks.false_alarm & ~others).sum()),
+            # Readings inside or within fault_margin_s of a confirmed fault, and those
+            # left out only because of it (not flagged, not near a sensor fault).
+            "real_fault_readings": int(masks.real_fault.sum()),
+            "real_fault_excluded_only": int(
+                (masks.real_fault & ~history.anomalous & ~faulty).sum()
+            ),
+        }
     need = MIN_FIT_ROWS * 2
     if train_rows.size < need or holdout_rows.size < MIN_HOLDOUT_ROWS:
         raise RetrainError(
@@ -396,8 +502,12 @@ def backtest_history(
     *,
     margin_s: float,
     grace_s: float,
+    confirmed: list[LabelledAlert] | None = None,
 ) -> tuple[dict[str, Any], dict[str, float | None]]:
-    """(event figures from the cutoff on, pointwise side figures) of one model."""
+    """(event figures from the cutoff on, pointwise side figures) of one model.
+
+    ``confirmed``: alerts labelled real faults; like sensor-fault periods, they are
+    known episodes, so an alert on one is not false."""
     lines, devices = history.line_device()
     recording = Recording(
         lines=lines[rows],
@@ -418,7 +528,14 @@ def backtest_history(
         for p in periods
         if p.end_ns + margin >= cutoff
     ]
+    episodes += [
+        Episode(a.key, a.episode_kind, a.start_ns - margin, a.end_ns + margin, 0)
+        for a in confirmed or ()
+        if a.end_ns + margin >= cutoff
+    ]
     matching = match(episodes, alerts, grace_s=grace_s)
+    detections = matching.detections
+    n_sensor = len(episodes) - sum(1 for a in confirmed or () if a.end_ns + margin >= cutoff)
     hold = prepared.holdout
     spans = device_spans(history.keys[hold], history.ts_ns[hold])
     summary = summarize(matching, spans=spans, fault_types=())
@@ -430,8 +547,10 @@ def backtest_history(
         "machine_days": summary.machine_days,
         "false_alerts_per_machine_day": summary.false_per_machine_day,
         "devices": summary.devices,
-        "sensor_fault_episodes": summary.overall.episodes,
-        "sensor_fault_episodes_alerted": summary.overall.detected,
+        "sensor_fault_episodes": n_sensor,
+        "sensor_fault_episodes_alerted": sum(d.detected for d in detections[:n_sensor]),
+        "confirmed_fault_episodes": len(detections) - n_sensor,
+        "confirmed_fault_episodes_alerted": sum(d.detected for d in detections[n_sensor:]),
         "readings": int(hold.size),
         "unscored": int(np.isnan(scores[hold]).sum()),
         "replayed": int(rows.size),
@@ -440,6 +559,56 @@ def backtest_history(
     clean = hold[prepared.usable[hold] & np.isfinite(scores[hold])]  # device-grouped order
     side = holdout_figures(scores[clean], scorer.threshold, history.keys[clean])
     return json_safe(events), side
+
+
+def label_rows(
+    history: History, labels: list[LabelledAlert], context: int, grace_s: float
+) -> np.ndarray:
+    """Rows to replay for the label gate, in time order: per labelled device, its
+    readings from ``context`` readings before each labelled period to ``grace_s``
+    after its end (overlapping stretches merged)."""
+    keep = np.zeros(len(history), dtype=bool)
+    keys, ts = history.keys, history.ts_ns
+    grace = int(grace_s * NS)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if keys.size else []
+    ends = np.r_[starts[1:], keys.size] if keys.size else []
+    by_device: dict[str, list[LabelledAlert]] = {}
+    for a in labels:
+        by_device.setdefault(a.key, []).append(a)
+    for s, e in zip(starts, ends, strict=True):
+        for a in by_device.get(str(keys[s]), ()):
+            first = s + int(np.searchsorted(ts[s:e], a.start_ns))
+            last = s + int(np.searchsorted(ts[s:e], a.end_ns + grace, side="right"))
+            keep[max(s, first - context) : last] = True
+    rows = np.flatnonzero(keep)
+    return rows[np.lexsort((keys[rows], ts[rows]))]
+
+
+def backtest_labels(
+    history: History,
+    rows: np.ndarray,
+    labels: list[LabelledAlert],
+    scorer: Scorer,
+    gateway: GatewayConfig,
+    *,
+    grace_s: float,
+) -> dict[str, Any]:
+    """One model replayed over the labelled periods, judged by the labels."""
+    lines, devices = history.line_device()
+    recording = Recording(
+        lines=lines[rows],
+        devices=devices[rows],
+        ts_ns=history.ts_ns[rows],
+        values=history.X[rows],
+        fields=history.fields,
+    )
+    result = replay(recording, scorer, gateway.alerts, gateway.sensor_faults)
+    end = int(history.ts_ns[rows].max()) if rows.size else 0
+    figures = judge_labels(
+        alert_periods(result, end), labels, grace_s=grace_s, kinds=(PROCESS_ANOMALY,)
+    )
+    seconds = round(result.seconds, 2)
+    return json_safe({**figures.to_dict(), "replayed": int(rows.size), "replay_seconds": seconds})
 
 
 def backtest_labelled(
@@ -574,7 +743,15 @@ def run_retrain(req: RetrainRequest) -> RetrainReport:
     periods = read_fault_periods(
         client, flt, settings.fault_margin_s, window_s=settings.query_window_s
     )
-    prepared = prepare(history, fault_intervals(periods), union, settings, time_aware=time_aware)
+    labels: list[LabelledAlert] = []
+    if req.labels != LABELS_IGNORE:
+        labels = read_labels(client, flt)
+    masks = None
+    if labels and req.labels == LABELS_USE:
+        masks = label_masks(history.keys, history.ts_ns, labels, settings.fault_margin_s)
+    prepared = prepare(
+        history, fault_intervals(periods), union, settings, time_aware=time_aware, masks=masks
+    )
     summary = {
         **prepared.summary,
         "since_ns": req.since_ns,
@@ -583,6 +760,8 @@ def run_retrain(req: RetrainRequest) -> RetrainReport:
         "device_regex": req.device_regex,
         "database": settings.database,
         "gateway_config": str(req.gateway_config) if req.gateway_config else "default",
+        "labels": req.labels,
+        "labelled_alerts": count_labels(labels),
     }
     _LOG.info("history: %s", summary)
 
@@ -616,6 +795,12 @@ def run_retrain(req: RetrainRequest) -> RetrainReport:
     context = max(s.history_readings for s in scorers)
     replayed = replay_rows(history, prepared.cutoff_ns, context)
     summary["replay_context_readings"] = context
+    # The label gate judges process-anomaly alerts on the labelled periods themselves,
+    # wherever they lie (training part included): that is what operators told us.
+    gate_labels = [a for a in labels if a.kind == PROCESS_ANOMALY]
+    gate_rows = label_rows(history, gate_labels, context, req.grace_s)
+    summary["label_gate_readings"] = int(gate_rows.size)
+    confirmed = [a for a in labels if a.is_real_fault]
 
     def figures(scorer: Scorer, version: str) -> ModelFigures:
         events, side = backtest_history(
@@ -627,8 +812,14 @@ def run_retrain(req: RetrainRequest) -> RetrainReport:
             gateway,
             margin_s=settings.fault_margin_s,
             grace_s=req.grace_s,
+            confirmed=confirmed,
         )
-        return ModelFigures(version, scorer.detector, scorer.threshold, events, side)
+        fig = ModelFigures(version, scorer.detector, scorer.threshold, events, side)
+        if gate_labels:
+            fig.labels = backtest_labels(
+                history, gate_rows, gate_labels, scorer, gateway, grace_s=req.grace_s
+            )
+        return fig
 
     cand_fig = figures(candidate, "candidate")
     active_fig = figures(active, active.version) if active is not None else None
@@ -653,6 +844,7 @@ def run_retrain(req: RetrainRequest) -> RetrainReport:
             "backtest": cand_fig.backtest,
             "holdout": cand_fig.holdout,
             "labelled": cand_fig.labelled,
+            "labels": cand_fig.labels,
             "compared_with": None if active_fig is None else active_fig.__dict__,
             "checks": checks,
             "not_worse": decided,
@@ -679,4 +871,5 @@ def run_retrain(req: RetrainRequest) -> RetrainReport:
             {"device": p.device, "kind": p.kind, "start_ns": p.start_ns, "end_ns": p.end_ns}
             for p in periods
         ],
+        labelled_alerts=[a.to_dict() for a in labels],
     )
