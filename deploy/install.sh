@@ -7,6 +7,8 @@
 #   sudo deploy/install.sh [OPTIONS]
 #
 #   --with-simulator    also start simulated sensors (demo data; broker user simulator)
+#   --with-notifier     also start the notification service (factory-notifier.service;
+#                       configure channels and routes in /etc/factory-gateway/notifier.toml)
 #   --tls               TLS listener on 8883 with a local CA (deploy/mosquitto/make-certs.sh)
 #   --grafana           install the Grafana provisioning and dashboards (Grafana itself
 #                       comes from Grafana's apt repository, see docs/deploy.md)
@@ -34,6 +36,7 @@ VENV=1
 MODEL=1
 MODEL_DIR=""
 SIMULATOR=0
+NOTIFIER=0
 TLS=0
 GRAFANA=0
 INFLUX_URL="http://localhost:8086"
@@ -56,6 +59,7 @@ while [[ $# -gt 0 ]]; do
     --skip-model) MODEL=0; shift ;;
     --model-dir) MODEL_DIR=$(realpath "${2:?}"); shift 2 ;;
     --with-simulator) SIMULATOR=1; shift ;;
+    --with-notifier) NOTIFIER=1; shift ;;
     --tls) TLS=1; shift ;;
     --grafana) GRAFANA=1; shift ;;
     --influx-url) INFLUX_URL="${2:?}"; INFLUX_URL_GIVEN=1; shift 2 ;;
@@ -84,9 +88,10 @@ SYSUSERS=/etc/sysusers.d/factory-gateway.conf
 GRAFANA_PROV=/etc/grafana/provisioning
 GRAFANA_DASH=/var/lib/grafana/dashboards/factory
 USER_NAME=factory-gw
-SERVICES=(factory-gateway.service factory-api.service factory-simulator.service factory-serial@.service)
+SERVICES=(factory-gateway.service factory-api.service factory-simulator.service factory-serial@.service
+  factory-notifier.service)
 # The project's runtime code (tests, benchmarks and dev tools stay behind).
-APP_DIRS=(api backtest common contract gateway model sensors config docs)
+APP_DIRS=(api backtest common contract gateway model sensors notify config docs)
 APP_FILES=(requirements.txt pyproject.toml README.md)
 
 changes=0
@@ -169,7 +174,8 @@ if [[ $UNINSTALL -eq 1 ]]; then
   if [[ $START -eq 1 ]]; then
     mapfile -t running < <(systemctl list-units --all --plain --no-legend 'factory-*' | awk '{print $1}')
     [[ ${#running[@]} -eq 0 ]] || systemctl disable --now "${running[@]}" || true
-    systemctl disable factory-gateway.service factory-api.service factory-simulator.service 2>/dev/null || true
+    systemctl disable factory-gateway.service factory-api.service factory-simulator.service \
+      factory-notifier.service 2>/dev/null || true
   fi
   remove() { # an absolute path under the root; never the root itself
     [[ "$1" == /?* ]] || die "refusing to remove '$1'"
@@ -279,11 +285,21 @@ for env in gateway api simulator; do
   put_config "$SRC/deploy/systemd/env/$env.env" "$ETC/$env.env" 0640 root "$USER_NAME"
 done
 put "$SRC/deploy/systemd/serial.env.example" "$ETC/serial/ttyUSB0.env.example" 0644
+# The notifier's optional secrets (factory-notifier.service loads them): empty = unset.
+if [[ -f "$SRC/deploy/systemd/factory-notifier.service" ]]; then
+  for secret in smtp-password webhook-token webhook-url; do
+    if [[ ! -e "$R$CREDS/notifier.$secret" ]]; then
+      install -m 0600 /dev/null "$R$CREDS/notifier.$secret"
+      changed "created empty $CREDS/notifier.$secret"
+    fi
+  done
+fi
 
 step "state in $STATE"
 ensure_dir "$STATE" 0750 "$USER_NAME" "$USER_NAME"
 ensure_dir "$STATE/models" 0750 "$USER_NAME" "$USER_NAME"
 ensure_dir "$STATE/spool" 0750 "$USER_NAME" "$USER_NAME"
+ensure_dir "$STATE/notify" 0750 "$USER_NAME" "$USER_NAME"
 if [[ -n "$MODEL_DIR" && ! -e "$R$STATE/models/current" ]]; then
   [[ -e "$MODEL_DIR/current" ]] || die "--model-dir $MODEL_DIR has no 'current' model"
   cp -a "$MODEL_DIR/." "$R$STATE/models/"
@@ -322,6 +338,7 @@ if command -v mosquitto_passwd >/dev/null; then
   mkdir -p "$R$MQ"
   broker_user gateway gateway
   broker_user dashboard dashboard
+  broker_user operator api   # the API publishes acknowledgements
   if [[ $SIMULATOR -eq 1 ]]; then broker_user simulator simulator; fi
   set_meta "$R$MQ/factory.passwd" 0640 root "$(mq_group)"
   set_meta "$R$MQ/factory.acl" 0640 root "$(mq_group)"
@@ -376,6 +393,7 @@ if [[ $START -eq 1 ]]; then
   enable=(factory-gateway.service)
   if [[ -f "$SRC/api/__main__.py" ]]; then enable+=(factory-api.service); fi
   if [[ $SIMULATOR -eq 1 ]]; then enable+=(factory-simulator.service); fi
+  if [[ $NOTIFIER -eq 1 ]]; then enable+=(factory-notifier.service); fi
   systemctl enable "${enable[@]}"
   # Restart what may run old code or config; start what is not running.
   if [[ $changes -gt $broker_changes ]]; then

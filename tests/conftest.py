@@ -18,6 +18,7 @@ from devstack.influxdb import InfluxDB
 from devstack.mosquitto import Mosquitto
 from devstack.process import ManagedProcess, free_port
 from tests.helpers import ROOT, Collector, Stream, python_module, train_model, unique
+from tests.notify_servers import NotifierProcess, SmtpServer, WebhookServer
 
 TEST_DB = "factory_test"
 
@@ -242,3 +243,37 @@ def fake_systemd(tmp_path):
     stop.set()
     thread.join()
     sock.close()
+
+
+# --- people's end: a webhook endpoint, an SMTP server, the notifier -------------------
+
+
+@pytest.fixture
+def webhook() -> Iterator[WebhookServer]:
+    """A real HTTP endpoint (ThreadingHTTPServer) that records posts; modes in its doc."""
+    server = WebhookServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def smtp(tmp_path) -> Iterator[SmtpServer]:
+    """A real SMTP server (aiosmtpd) with STARTTLS and AUTH."""
+    server = SmtpServer(tmp_path)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def start_notifier(tmp_path, mosquitto):
+    """Starts ``python -m notify`` processes; each is stopped at teardown."""
+    started: list[NotifierProcess] = []
+
+    def _start(body: str, **kwargs) -> NotifierProcess:
+        notifier = NotifierProcess(tmp_path, mosquitto.port, body, **kwargs)
+        started.append(notifier)
+        return notifier.start()
+
+    yield _start
+    for notifier in reversed(started):
+        notifier.stop()

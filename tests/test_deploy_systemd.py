@@ -48,6 +48,7 @@ def test_every_expected_unit_is_shipped():
         "factory-api.service",
         "factory-serial@.service",
         "factory-simulator.service",
+        "factory-notifier.service",
     }
 
 
@@ -174,6 +175,32 @@ def test_units_share_the_installed_layout():
     assert "PrivateDevices=yes" not in serial
 
 
+def test_notifier_unit_layout():
+    """The notifier: its own unit, the shared state directory, optional secrets."""
+    text = (UNIT_DIR / "factory-notifier.service").read_text()
+    assert "ExecStart=/opt/factory-gateway/venv/bin/python -m notify --config " in text
+    assert "/etc/factory-gateway/notifier.toml" in text
+    assert "Type=notify" in text and "WatchdogSec=" in text
+    assert "StateDirectory=factory-gateway" in text
+    assert "RestartPreventExitStatus=2" in text
+    credentials = dict(re.findall(r"LoadCredential=([^:]+):(\S+)", text))
+    assert set(credentials) == {"mqtt-password", "smtp-password", "webhook-token", "webhook-url"}
+    # The read-only broker role that reads alerts; no password in the unit itself.
+    assert credentials["mqtt-password"].endswith("/dashboard.mqtt-password")
+    assert "NOTIFIER_MQTT_PASSWORD_FILE=%d/mqtt-password" in text
+    install = (ROOT / "deploy/install.sh").read_text()
+    assert "factory-notifier.service" in install and " notify " in install
+
+
+def test_install_creates_the_notifier_credentials_empty(unit_root):
+    creds = unit_root / "etc/factory-gateway/credentials"
+    for name in ("smtp-password", "webhook-token", "webhook-url"):
+        path = creds / f"notifier.{name}"
+        assert path.exists() and path.read_text() == "", name
+        assert path.stat().st_mode & 0o777 == 0o600, name
+    assert (unit_root / "opt/factory-gateway/app/notify/__main__.py").exists()
+
+
 # --- MemoryDenyWriteExecute -----------------------------------------------------------
 
 PR_SET_MDWE = 65
@@ -268,6 +295,47 @@ def test_mdwe_probe_really_restricts():
     # And the parent (this pytest process) is unaffected.
     libc = ctypes.CDLL(None, use_errno=True)
     assert libc.prctl(66, 0, 0, 0, 0) == 0  # PR_GET_MDWE: 0 = off here
+
+
+@pytest.mark.integration
+def test_notifier_delivers_under_memory_deny_write_execute(tmp_path, mosquitto):
+    """The notifier unit has MemoryDenyWriteExecute=yes: sqlite3, ssl, urllib3, orjson."""
+    if not mdwe_supported():
+        pytest.skip(f"kernel {os.uname().release} has no PR_SET_MDWE (Linux >= 6.3)")
+    from tests.notify_servers import (
+        AlertPublisher,
+        NotifierProcess,
+        WebhookServer,
+        alert_message,
+        route,
+        webhook_channel,
+    )
+
+    line = unique("line")
+    webhook = WebhookServer()
+    publisher = AlertPublisher(mosquitto.port)
+    notifier = NotifierProcess(
+        tmp_path,
+        mosquitto.port,
+        webhook_channel("chat", webhook.url()) + route("all", ["chat"], line=line),
+    )
+    notifier.process = ManagedProcess(
+        notifier.name,
+        [sys.executable, "-c", MDWE_PRELUDE, "notify", "--config", str(notifier.config)],
+        notifier.log,
+        ready=lambda: notifier.metric("notifier_ready") == 1,
+        cwd=ROOT,
+    )
+    try:
+        notifier.process.start(60)
+        payload, _ = alert_message(line, "press-01")
+        publisher.publish(payload, line, "press-01")
+        webhook.wait_for(lambda p: p.status == 200)
+        assert "MDWE active" in notifier.log.read_text()
+    finally:
+        assert notifier.stop() == 0
+        publisher.close()
+        webhook.stop()
 
 
 @pytest.mark.integration
