@@ -186,7 +186,7 @@ def test_broker_config_users_and_secrets(installed, src):
         shipped / "factory-tls.conf"
     ).read_bytes()
     users = {line.split(":")[0] for line in (mq / "factory.passwd").read_text().splitlines()}
-    assert users == {"gateway", "dashboard", "simulator"}
+    assert users == {"gateway", "dashboard", "api", "simulator"}
     acl = (mq / "factory.acl").read_text()
     assert "user gateway\ntopic read factory/+/+/reading\n" in acl
     assert "user dashboard\ntopic read factory/alerts/#\n" in acl

@@ -153,6 +153,7 @@ def broker(tmp_path_factory) -> Iterator[SecuredBroker]:
     assert made.returncode == 0, made.stderr
     b.user("add-gateway", save_as="gateway")
     b.user("add-dashboard", save_as="dashboard")
+    b.user("add-operator", save_as="api")
     b.start()
     yield b
     b.stop()
@@ -319,6 +320,24 @@ def test_dashboard_reads_alerts_only_and_cannot_publish(broker):
         assert [(m.topic, m.payload) for m in dashboard.messages] == [(fake_alert, b'{"real": 1}')]
     finally:
         dashboard.close()
+
+
+def test_the_api_user_may_only_acknowledge_and_the_gateway_reads_it(broker):
+    api_pw = broker.password("api")
+    line, device = unique("line"), unique("press")
+    gateway = Collector(
+        broker.port, ["factory/ack/#"], username="gateway", password=broker.password("gateway")
+    )
+    try:
+        ack = f"factory/ack/{line}/{device}"
+        body = '{"alert_id": "0123456789abcdef", "by": "anna"}'
+        for topic in (f"factory/{line}/{device}/reading", f"factory/alerts/{line}/{device}"):
+            assert publish(broker.port, "api", api_pw, topic, NORMAL) == "Not authorized"
+        assert publish(broker.port, "api", api_pw, ack, body) == "Success"
+        (got,) = gateway.wait_for(lambda m: m.topic == ack)
+        assert got.payload == body.encode()
+    finally:
+        gateway.close()
 
 
 def test_gateway_may_read_the_broker_version(broker):
