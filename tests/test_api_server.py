@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,13 @@ import orjson
 import pytest
 import urllib3
 
+from contract import schema
+from contract.alerting import alert_id
+from contract.lineprotocol import encode_point
 from devstack.process import ManagedProcess, free_port, wait_until
 from model.artifact import activate, active_version
 from tests.conftest import TEST_DB
-from tests.helpers import ROOT, python_module
+from tests.helpers import ROOT, python_module, unique
 
 pytestmark = pytest.mark.integration
 
@@ -305,11 +309,28 @@ def test_unloadable_model_stops_start_up_with_a_clear_error(tmp_path):
     assert "cannot load model" in result.stderr and "nothing-here" in result.stderr
 
 
-def test_schemathesis_finds_no_server_error(start_api, private_models, influxdb, tmp_path):
+def test_schemathesis_finds_no_server_error(
+    start_api, private_models, influxdb, mosquitto, tmp_path
+):
     models, _, _ = private_models
+    # A firing alert, so the fuzzer's acknowledgements and labels reach the broker and the
+    # database (a listed alert's id is what its stateful phase posts to).
+    now = time.time_ns()
+    tags = {"line": unique("fuzz"), "device": "press-01", "kind": "process_anomaly"}
+    point = encode_point(
+        schema.ALERT_EVENT,
+        {**tags, schema.EVENT: schema.EVENT_FIRING},
+        {schema.ALERT_ID: alert_id(tags["line"], "press-01", tags["kind"], now),
+         schema.STARTED_NS: now, schema.SCORE: 0.9},
+        now,
+    )  # fmt: skip
+    urllib3.request("POST", f"{influxdb.url}/write?db={TEST_DB}", body=point.encode())
+    # A real broker too: an acknowledgement is published on it (without one, the
+    # documented 503 is what a fuzzer calls a server error).
     server = start_api(
         models,
-        f'[influx]\nurl = "{influxdb.url}"\ndatabase = "{TEST_DB}"\n',
+        f'[influx]\nurl = "{influxdb.url}"\ndatabase = "{TEST_DB}"\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {mosquitto.port}\n',
         env={"API_KEYS": API_KEY},
     )
     result = python_module(
