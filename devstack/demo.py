@@ -2,8 +2,10 @@
 
 Uses a broker on :1883 and InfluxDB on :8086 if they already answer there, otherwise
 starts its own in ``var/run``.  Trains a model if there is none.  Then starts the
-gateway, the simulated sensors (and the API, once installed), prints where to look,
-and on Ctrl-C stops everything it started, newest first.
+gateway, the API, the notification service (posting to a local webhook inbox that
+writes ``var/log/notifications.log``, standing in for a chat or a phone) and the
+simulated sensors, prints where to look, and on Ctrl-C stops everything it started,
+newest first.
 """
 
 from __future__ import annotations
@@ -35,6 +37,34 @@ MODELS = VAR / "models"
 MQTT_PORT = 1883
 INFLUX_PORT = 8086
 API_PORT = 5000
+INBOX_PORT = 8099
+NOTIFIER_METRICS_PORT = 9110
+NOTIFICATIONS = VAR / "log" / "notifications.log"
+
+
+def notifier_config(path: Path = VAR / "run" / "notifier-demo.toml") -> Path:
+    """The demo's notifier: every alert to the local webhook inbox."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        f"""# Written by make demo (devstack/demo.py); the shipped one is config/notifier.toml.
+[mqtt]
+host = "127.0.0.1"
+port = {MQTT_PORT}
+client_id = "factory-notifier-demo"
+[outbox]
+path = "{VAR / "notify" / "outbox.sqlite"}"
+[metrics]
+port = {NOTIFIER_METRICS_PORT}
+[[webhook]]
+name = "demo-inbox"
+url = "http://127.0.0.1:{INBOX_PORT}/hook"
+[[route]]
+name = "everything"
+channels = ["demo-inbox"]
+""",
+        encoding="utf-8",
+    )
+    return path
 
 
 def _run(argv: list[str], what: str) -> None:
@@ -144,6 +174,18 @@ def main(argv: list[str] | None = None) -> int:
                 env={"API_MODEL_PATH": str(MODELS / "current")},
             )
             started.append(api.start(60))
+        inbox = _module(
+            "webhook-inbox",
+            ["devstack.webhook_inbox", "--port", str(INBOX_PORT), "--out", str(NOTIFICATIONS)],
+            ready=lambda: port_open("127.0.0.1", INBOX_PORT),
+        )
+        started.append(inbox.start(30))
+        notifier = _module(
+            "notifier",
+            ["notify", "--config", str(notifier_config())],
+            ready=lambda: port_open("127.0.0.1", NOTIFIER_METRICS_PORT),
+        )
+        started.append(notifier.start(60))
         sensors = _module(
             "sensors",
             [
@@ -195,7 +237,11 @@ def _print_where_to_look(api_started: bool) -> None:
         "  Gateway metrics:      curl -s localhost:9108/metrics | grep ^gateway_",
     ]
     if api_started:
-        lines.append(f"  API and web page:     http://localhost:{API_PORT}/")
+        lines.append(
+            f"  API and web page:     http://localhost:{API_PORT}/  "
+            "(Alerts: acknowledge, real fault / false alarm)"
+        )
+    lines.append(f"  Notifications:        tail -f {NOTIFICATIONS}  (what a phone would get)")
     lines += [f"  Logs:                 {VAR / 'log'}/", "", "Press Ctrl-C to stop.", ""]
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()

@@ -269,3 +269,14 @@ def test_email_message_is_deterministic_and_quiet_when_resolved(tmp_path, intake
     assert msg["Subject"] == "[RESOLVED] process_anomaly line1/press-03"
     assert msg["Importance"] == "low"
     assert orjson.loads(row.body)["alert_id"] == ident
+
+
+def test_the_demo_notifier_config_loads_and_routes_everything_to_the_inbox(tmp_path):
+    from devstack.demo import INBOX_PORT, notifier_config
+    from notify.config import load_notifier_config
+
+    cfg = load_notifier_config(notifier_config(tmp_path / "notifier.toml"))
+    (hook,) = cfg.webhook
+    assert hook.url == f"http://127.0.0.1:{INBOX_PORT}/hook"
+    (everything,) = cfg.route
+    assert everything.channels == ("demo-inbox",)
