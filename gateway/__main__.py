@@ -7,11 +7,10 @@ import json
 import logging
 import signal
 import sys
-import threading
 
-from common import sdnotify
 from common.config import ConfigError, redacted
 from common.logs import setup_logging
+from common.service_run import run_service
 from gateway.config import load_gateway_config
 
 log = logging.getLogger("gateway")
@@ -60,36 +59,16 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot load model: %s", exc)
         return 2
 
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        gateway.stop_requested.set()
-
     def _on_reload(_signum: int, _frame: object) -> None:
         gateway.model.request_reload()  # `systemctl reload`: re-read the model
 
     signal.signal(signal.SIGHUP, _on_reload)
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    notifier = sdnotify.default()
-    watchdog = sdnotify.Watchdog(gateway.healthy, notifier)
-    gateway.start()
-    watchdog.start()
-    # systemd's READY=1 means "receiving": wait for the subscription (in a thread, so
-    # a stop request during a broker outage is still served).
-    threading.Thread(target=_notify_ready, args=(gateway, notifier), daemon=True).start()
-    gateway.stop_requested.wait()
-    notifier.stopping("flushing and disconnecting")
-    watchdog.stop()
-    gateway.stop()
-    return 1 if gateway.failed.is_set() else 0
-
-
-def _notify_ready(gateway, notifier: sdnotify.Notifier) -> None:
-    while not gateway.stop_requested.is_set():
-        if gateway.intake.subscribed.wait(1.0):
-            notifier.ready(f"receiving; model {gateway.model.current.version}")
-            log.info("ready")
-            return
+    return run_service(
+        gateway,
+        gateway.intake.subscribed,
+        lambda: f"receiving; model {gateway.model.current.version}",
+        "flushing and disconnecting",
+    )
 
 
 if __name__ == "__main__":

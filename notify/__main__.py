@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import sys
-import threading
 
-from common import sdnotify
 from common.config import ConfigError, redacted
 from common.logs import setup_logging
+from common.service_run import run_service
 from notify.config import load_notifier_config
 
 log = logging.getLogger("notify")
@@ -54,31 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         log.error("config error: %s", exc)
         return 2
 
-    def _on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        service.stop_requested.set()
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    notifier = sdnotify.default()
-    watchdog = sdnotify.Watchdog(service.healthy, notifier)
-    service.start()
-    watchdog.start()
-    threading.Thread(target=_notify_ready, args=(service, notifier), daemon=True).start()
-    service.stop_requested.wait()
-    notifier.stopping("finishing in-flight sends and disconnecting")
-    watchdog.stop()
-    service.stop()
-    return 1 if service.failed.is_set() else 0
-
-
-def _notify_ready(service, notifier: sdnotify.Notifier) -> None:
-    # READY=1 means "receiving alerts": wait for the subscription.
-    while not service.stop_requested.is_set():
-        if service.subscriber.subscribed.wait(1.0):
-            notifier.ready(f"receiving alerts; {service.outbox.open_count} queued")
-            log.info("ready")
-            return
+    return run_service(
+        service,
+        service.subscriber.subscribed,
+        lambda: f"receiving alerts; {service.outbox.open_count} queued",
+        "finishing in-flight sends and disconnecting",
+    )
 
 
 if __name__ == "__main__":
