@@ -43,6 +43,10 @@ def iso(ts_ns: int) -> str:
     return datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
+def _fmt(value: object) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
 def run(*args: str) -> None:
     done = subprocess.run(
         [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, check=False
@@ -60,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         influx = InfluxDB(tmp / "influxdb", free_port()).start()
         try:
+            influx.create_database(DATABASE)
             return _measure(tmp, influx.url, args.model_seed, args.history_seed)
         finally:
             influx.stop()
@@ -108,7 +113,7 @@ def _measure(tmp: Path, url: str, model_seed: int, history_seed: int) -> int:
     row("alerts (all kinds), whole 3 h", lambda m: figures[m]["alerts"])
     row(
         "false alerts per machine-day",
-        lambda m: f"{figures[m]['false_alerts_per_machine_day']:.1f}",
+        lambda m: f"{figures[m]['false_per_machine_day']:.1f}",
     )
     rows.append(("promoted", "", *(str(reports[m]["promoted"]) for m in ("gate", "use"))))
     for r in rows:
@@ -117,8 +122,8 @@ def _measure(tmp: Path, url: str, model_seed: int, history_seed: int) -> int:
         print(f"\nretrain --labels {mode}:")
         for check in reports[mode]["checks"]:
             mark = "ok  " if check["ok"] else "FAIL"
-            print(f"  [{mark}] {check['check']}: candidate {check['candidate']}, "
-                  f"active {check['active']} ({check['rule']})")  # fmt: skip
+            print(f"  [{mark}] {check['check']}: candidate {_fmt(check['candidate'])}, "
+                  f"active {_fmt(check['active'])} ({check['rule']})")  # fmt: skip
     return 0
 
 
