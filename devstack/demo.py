@@ -47,6 +47,7 @@ def notifier_config(path: Path = VAR / "run" / "notifier-demo.toml") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         f"""# Written by make demo (devstack/demo.py); the shipped one is config/notifier.toml.
+page_url = "http://localhost:{API_PORT}/"
 [mqtt]
 host = "127.0.0.1"
 port = {MQTT_PORT}

@@ -185,6 +185,9 @@ class MetricsConfig:
 @dataclass(frozen=True)
 class NotifierConfig:
     log_level: str = "INFO"
+    # The web page where people acknowledge and label alerts (the API's, e.g.
+    # "http://gateway-pi:5000/"); when set, alert messages end with a link to it.
+    page_url: str = ""
     # client_id empty = "factory-notifier" (the persistent session's name).
     mqtt: MqttSettings = field(default_factory=MqttSettings)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)

@@ -17,7 +17,7 @@ from notify.channels import Channel, Outcome
 from notify.config import RetryConfig
 from notify.metrics import NotifierMetrics
 from notify.outbox import Outbox, Row
-from notify.render import render
+from notify.render import Rendered
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ class ChannelWorker:
         channel: Channel,
         outbox: Outbox,
         retry: RetryConfig,
-        window_s: float,
+        render: Callable[[Row], Rendered],
         metrics: NotifierMetrics,
         settled: Callable[[], None],
         clock: Callable[[], float] = time.time,
@@ -39,7 +39,7 @@ class ChannelWorker:
         self.channel = channel
         self._outbox = outbox
         self._retry = retry
-        self._window_s = window_s
+        self._render = render
         self._metrics = metrics
         self._settled = settled
         self._clock = clock
@@ -97,7 +97,7 @@ class ChannelWorker:
             self._give_up(row, now, "older than retry.max_age_s before sending", attempted=False)
             return
         started = time.monotonic()
-        result = self.channel.send(render(row, self._window_s), row.recipient, row.from_addr)
+        result = self.channel.send(self._render(row), row.recipient, row.from_addr)
         self._metrics.send_seconds.labels(name).observe(time.monotonic() - started)
         now = self._clock()
         if result.outcome is Outcome.DELIVERED:

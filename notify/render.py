@@ -92,7 +92,14 @@ def digest_text(alerts: list[dict[str, Any]], window_s: float) -> str:
     )
 
 
-def render(row: Row, window_s: float) -> Rendered:
+def _with_link(text: str, alert: dict[str, Any], page_url: str) -> str:
+    """Where to acknowledge or label it (the page lists it by device and start)."""
+    if not page_url or alert.get("event") not in (FIRING, REPEATED):
+        return text
+    return f"{text}. Acknowledge or label it: {page_url}"
+
+
+def render(row: Row, window_s: float, page_url: str = "") -> Rendered:
     alerts = row.alerts()
     if row.is_digest:
         text = digest_text(alerts, window_s)
@@ -109,7 +116,7 @@ def render(row: Row, window_s: float) -> Rendered:
         return Rendered(row.key, row.event, False, subj, text, body)
     alert = alerts[0]
     quiet = row.event in (RESOLVED, ACKNOWLEDGED)
-    text = alert_text(alert)
+    text = _with_link(alert_text(alert), alert, page_url)
     body = {
         "text": text,
         "event": row.event,

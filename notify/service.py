@@ -7,6 +7,7 @@ prunes old rows and updates the gauges.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ from notify.intake import AlertIntake, OutboxGate
 from notify.metrics import NotifierMetrics
 from notify.outbox import Outbox
 from notify.ratelimit import RateLimiter
+from notify.render import render
 from notify.routing import Router
 from notify.subscriber import AlertSubscriber
 
@@ -45,10 +47,13 @@ class NotificationService:
         window_start, _ = self.limiter.window()
         self.limiter.seed(self.outbox.sent_since(window_start))
         self.gate = OutboxGate(self.outbox, cfg.outbox.max_pending, self.metrics)
+        render_for = functools.partial(
+            render, window_s=cfg.rate_limit.window_s, page_url=cfg.page_url
+        )
         self.workers = {
             name: ChannelWorker(
-                channel, self.outbox, cfg.retry, cfg.rate_limit.window_s, self.metrics,
-                self.gate.settled, clock,
+                channel, self.outbox, cfg.retry, render_for, self.metrics, self.gate.settled,
+                clock,
             )
             for name, channel in self.channels.items()
         }  # fmt: skip

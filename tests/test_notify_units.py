@@ -21,7 +21,7 @@ from notify.intake import AlertIntake
 from notify.metrics import NotifierMetrics
 from notify.outbox import Outbox
 from notify.ratelimit import RateLimiter
-from notify.render import render
+from notify.render import _with_link, alert_text, render
 from notify.routing import Router
 from tests.helpers import ROOT
 from tests.notify_servers import alert_message
@@ -280,3 +280,14 @@ def test_the_demo_notifier_config_loads_and_routes_everything_to_the_inbox(tmp_p
     assert hook.url == f"http://127.0.0.1:{INBOX_PORT}/hook"
     (everything,) = cfg.route
     assert everything.channels == ("demo-inbox",)
+
+
+def test_firing_and_reminders_link_to_the_page_where_people_acknowledge():
+    page = "http://gateway-pi:5000/"
+    firing, _ = alert_message("line1", "press-01")
+    alert = orjson.loads(firing)
+    text = _with_link(alert_text(alert), alert, page)
+    assert text.endswith(f"; since {alert['started']}. Acknowledge or label it: {page}")
+    resolved = {**alert, "event": "resolved"}
+    assert page not in _with_link(alert_text(resolved), resolved, page)
+    assert _with_link("x", alert, "") == "x"
