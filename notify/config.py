@@ -48,10 +48,16 @@ class WebhookChannel:
     timeout_s: float = 5.0
     # Check the server's certificate against this CA bundle (empty: the system's).
     ca_file: str = ""
+    # "json": the documented JSON body (chat webhooks). "text": the message text alone as
+    # text/plain, for push services that show the body as it is (ntfy), with the subject
+    # in a `Title` header.
+    body: str = "json"
 
     def __post_init__(self) -> None:
         if not self.name:
             raise ValueError("webhook: name is required")
+        if self.body not in ("json", "text"):
+            raise ValueError(f"webhook {self.name}: body must be 'json' or 'text'")
         if bool(self.url) == bool(self.url_file):
             raise ValueError(f"webhook {self.name}: set exactly one of url, url_file")
         if self.url and not self.url.startswith(("http://", "https://")):

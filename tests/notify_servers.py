@@ -40,7 +40,7 @@ from tests.helpers import ROOT, unique
 class Posted:
     path: str
     headers: dict[str, str]
-    body: dict[str, Any]
+    body: Any  # the JSON body, or the text of a text/plain one
     status: int  # what the server answered (0: never answered, e.g. hung)
     at: float = 0.0  # time.monotonic() when it arrived
 
@@ -65,7 +65,9 @@ class WebhookServer:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
-                body = json.loads(self.rfile.read(length) or b"null")
+                raw = self.rfile.read(length)
+                text = self.headers.get("Content-Type", "").startswith("text/plain")
+                body = raw.decode("utf-8") if text else json.loads(raw or b"null")
                 mode = server.mode
                 post = Posted(self.path, dict(self.headers.items()), body, 0, time.monotonic())
                 with server._lock:

@@ -85,6 +85,23 @@ def test_webhook_and_email_delivered_once(tmp_path, webhook, smtp, publisher, st
     assert notifier.stop() == 0
 
 
+def test_a_text_webhook_posts_the_message_alone_for_phone_push(webhook, publisher, start_notifier):
+    """body = "text" (e.g. ntfy): the message as text/plain, the subject as Title."""
+    line = unique("line")
+    start_notifier(
+        webhook_channel("phone", webhook.url("/factory-alerts"), extra='body = "text"')
+        + route("all", ["phone"], **only_line(line))
+    )
+    payload, ident = alert_message(line, "press-01")
+    publisher.publish(payload, line, "press-01")
+    (post,) = webhook.wait_for(lambda p: True)
+    assert post.path == "/factory-alerts"
+    assert post.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert post.headers["Title"] == f"[FIRING] process_anomaly {line}/press-01"
+    assert post.body.startswith(f"[FIRING] process_anomaly {line}/press-01: score 3.2")
+    assert post.key == idempotency_key(ident, "firing")
+
+
 def test_failing_endpoint_retries_with_backoff_then_delivers_once(
     webhook, publisher, start_notifier
 ):

@@ -291,3 +291,11 @@ def test_firing_and_reminders_link_to_the_page_where_people_acknowledge():
     resolved = {**alert, "event": "resolved"}
     assert page not in _with_link(alert_text(resolved), resolved, page)
     assert _with_link("x", alert, "") == "x"
+
+
+def test_a_webhook_body_is_json_or_text():
+    from notify.config import WebhookChannel
+
+    assert WebhookChannel("a", url="http://x/", body="text").body == "text"
+    with pytest.raises(ValueError, match="body must be 'json' or 'text'"):
+        WebhookChannel("a", url="http://x/", body="xml")

@@ -1,6 +1,7 @@
-"""Generic JSON webhook (Slack, Mattermost, Teams incoming webhooks, ntfy, your own).
+"""Generic webhook (Slack, Mattermost, Teams incoming webhooks, ntfy, your own).
 
-POST of the body documented in docs/notifications.md, with ``Idempotency-Key``.
+POST of the JSON body documented in docs/notifications.md, or of the message text alone
+(``body = "text"``), with ``Idempotency-Key``.
 2xx = delivered; 408, 429, 5xx, a timeout or a connection error = try again later;
 any other status = permanent failure (a wrong URL or a refused payload does not
 get better by retrying).
@@ -35,7 +36,9 @@ class WebhookSender:
         self.name = cfg.name
         self.timeout_s = cfg.timeout_s
         self._url = cfg.resolved_url()
-        self._headers = {"Content-Type": "application/json", **cfg.headers}
+        self._as_text = cfg.body == "text"
+        content_type = "text/plain; charset=utf-8" if self._as_text else "application/json"
+        self._headers = {"Content-Type": content_type, **cfg.headers}
         token = secret_from_file(cfg.token_file, f"webhook {cfg.name} token_file")
         if token:
             self._headers[cfg.token_header] = f"{cfg.token_prefix}{token}"
@@ -48,11 +51,18 @@ class WebhookSender:
 
     def send(self, message: Rendered, recipient: str, from_addr: str) -> SendResult:
         headers = {**self._headers, "Idempotency-Key": message.key}
+        if self._as_text:
+            # Header values must be Latin-1; a device name may not be.
+            title = message.subject.encode("latin-1", "replace").decode("latin-1")
+            headers = {"Title": title, **headers}
+            body = message.text.encode("utf-8")
+        else:
+            body = orjson.dumps(message.webhook_body)
         try:
             resp = self._http.request(
                 "POST",
                 self._url,
-                body=orjson.dumps(message.webhook_body),
+                body=body,
                 headers=headers,
                 preload_content=True,
             )
