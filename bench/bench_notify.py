@@ -159,6 +159,30 @@ def storm(tmp: Path, broker: Mosquitto, devices: int, each: int, window_s: float
             f"{len(immediate)} immediate + {len(digests)} digest ({folded} alerts folded)"
         )
         print(f"   digest text: {digests[0].body['text'][:150]}...")
+
+        # The storm ends: every alert resolves, in the next window.
+        before = len(webhook.matching())
+        wait_until(lambda: time.time() % window_s < 0.5, window_s + 1, "the next window")
+        for repeat in range(each):
+            for d in range(devices):
+                payload, _ = alert_message(
+                    "storm", f"m-{d:02d}", "resolved", started_ns=BASE_NS + repeat * 1000 + d
+                )
+                publisher.publish(payload, "storm", f"m-{d:02d}")
+        wait_until(
+            lambda: len(webhook.matching(lambda p: p.body.get("digest") is True)) > len(digests),
+            window_s + 10,
+            "the resolutions' digest",
+        )
+        after = webhook.matching()[before:]
+        alone = [p for p in after if p.body.get("digest") is False]
+        folded = [p for p in after if p.body.get("digest") is True]
+        print(
+            f"   the storm ends ({devices * each} resolutions): {len(alone)} quiet messages for "
+            f"the alerts people got alone + {len(folded)} quiet digest of "
+            f"{sum(len(p.body['alerts']) for p in folded)} (one message per resolution before)"
+        )
+        print(f"   digest text: {folded[0].body['text'][:150]}...")
     finally:
         notifier.stop()
         publisher.close()

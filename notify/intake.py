@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable
 
 from common.logs import RateLimitedLog
-from notify.alerts import BadAlert, parse_alert
+from contract.alerting import FIRING, idempotency_key
+from notify.alerts import Alert, BadAlert, parse_alert
 from notify.metrics import NotifierMetrics
 from notify.outbox import Outbox
 from notify.ratelimit import RateLimiter
-from notify.routing import Router
+from notify.routing import Router, Target
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +59,37 @@ class AlertIntake:
         if not targets:
             self._metrics.unrouted.inc()
             return
+        if not alert.limited:
+            self._follow_the_firing(alert, targets)
+            return
         hold_until = None
-        if alert.limited:
-            decision = self._limiter.decide(alert.line, alert.device)
-            if decision.hold:
-                hold_until = decision.window_end
-                self._metrics.rate_limited.labels(decision.reason).inc()
+        decision = self._limiter.decide(alert.line, alert.device)
+        if decision.hold:
+            hold_until = decision.window_end
+            self._metrics.rate_limited.labels(decision.reason).inc()
         added = self._outbox.enqueue(alert, targets, hold_until, self._clock())
         self._metrics.queued.inc(added)
         if hold_until is None:
-            if alert.limited:
-                self._limiter.record(alert.line, alert.device)
+            self._limiter.record(alert.line, alert.device)
             self._wake()
+
+    def _follow_the_firing(self, alert: Alert, targets: list[Target]) -> None:
+        """Resolutions and acknowledgements are never limited, but one whose alert reached
+        a person only inside a digest goes into that person's next digest too: a storm's
+        end must not become a storm of "resolved" messages."""
+        held = self._outbox.held_targets(idempotency_key(alert.alert_id, FIRING))
+        digest = [t for t in targets if (t.channel, t.recipient) in held]
+        now = self._clock()
+        added = 0
+        if digest:
+            _, window_end = self._limiter.window(now)
+            added += self._outbox.enqueue(alert, digest, window_end, now)
+            self._metrics.rate_limited.labels("follows_digest").inc()
+        alone = [t for t in targets if (t.channel, t.recipient) not in held]
+        if alone:
+            added += self._outbox.enqueue(alert, alone, None, now)
+            self._wake()
+        self._metrics.queued.inc(added)
 
 
 class OutboxGate:

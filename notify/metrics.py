@@ -32,11 +32,12 @@ class NotifierMetrics:
         )
         self.rate_limited = Counter(
             "notifier_rate_limited",
-            "Notifications held for a digest (device over its limit, or a plant storm)",
+            "Notifications held for a digest (device over its limit, a plant storm, or the"
+            " resolution / acknowledgement of an alert its person got only in a digest)",
             ["reason"],
             registry=r,
         )
-        for reason in ("device", "plant"):
+        for reason in ("device", "plant", "follows_digest"):
             self.rate_limited.labels(reason)
         self.delivered = Counter(
             "notifier_delivered", "Notifications delivered", ["channel"], registry=r

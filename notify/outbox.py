@@ -136,6 +136,21 @@ class Outbox:
             )
         return row is not None
 
+    def held_targets(self, key: str) -> set[tuple[str, str]]:
+        """(channel, recipient) pairs for which the notification ``key`` was held for a
+        digest (still held, or already folded into one) instead of sent on its own."""
+        with self._lock:
+            rows = (
+                self._conn()
+                .execute(
+                    "SELECT channel, recipient FROM notifications WHERE key = ?"
+                    " AND status IN (?, ?)",
+                    (key, HELD, FOLDED),
+                )
+                .fetchall()
+            )
+        return {(channel, recipient) for channel, recipient in rows}
+
     def enqueue(
         self, alert: Alert, targets: Iterable[Target], hold_until: float | None, now: float
     ) -> int:

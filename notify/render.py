@@ -76,20 +76,32 @@ def subject(alert: dict[str, Any]) -> str:
 
 
 def digest_text(alerts: list[dict[str, Any]], window_s: float) -> str:
-    devices = Counter(f"{a.get('line', '?')}/{a.get('device', '?')}" for a in alerts)
+    """One line for a window's held notifications: the alerts, then what became of ones
+    (resolved, acknowledged) that reached this person only in a digest."""
     minutes = f"{window_s / 60:g} min" if window_s >= 60 else f"{window_s:g} s"
+    firing = [a for a in alerts if a.get("event", FIRING) in (FIRING, REPEATED)]
+    shown = firing or alerts
+    devices = Counter(f"{a.get('line', '?')}/{a.get('device', '?')}" for a in shown)
     named = ", ".join(
         f"{where} x{n}" if n > 1 else where for where, n in devices.most_common(_DIGEST_NAMED)
     )
     more = len(devices) - _DIGEST_NAMED
     if more > 0:
         named += f" and {more} more"
-    kinds = ", ".join(sorted({str(a.get("kind", "?")) for a in alerts}))
+    kinds = ", ".join(sorted({str(a.get("kind", "?")) for a in shown}))
     plural = "s" if len(devices) != 1 else ""
-    return (
-        f"[DIGEST] {len(alerts)} more alerts ({kinds}) from {len(devices)} device{plural}"
+    after = Counter(str(a.get("event")) for a in alerts if a not in firing)
+    followed = ", ".join(f"{after[e]} {e}" for e in (RESOLVED, ACKNOWLEDGED) if after[e])
+    if not firing:
+        return (
+            f"[DIGEST] {followed} ({kinds}) on {len(devices)} device{plural}"
+            f" in the last {minutes}: {named}"
+        )
+    text = (
+        f"[DIGEST] {len(firing)} more alerts ({kinds}) from {len(devices)} device{plural}"
         f" in the last {minutes}: {named}"
     )
+    return f"{text}; also {followed} of earlier ones" if followed else text
 
 
 def _with_link(text: str, alert: dict[str, Any], page_url: str) -> str:
@@ -103,17 +115,18 @@ def render(row: Row, window_s: float, page_url: str = "") -> Rendered:
     alerts = row.alerts()
     if row.is_digest:
         text = digest_text(alerts, window_s)
-        devices = len({(a.get("line"), a.get("device")) for a in alerts})
+        # Only what became of earlier alerts (resolved, acknowledged): inform, quietly.
+        quiet = all(a.get("event") in (RESOLVED, ACKNOWLEDGED) for a in alerts)
         body: dict[str, Any] = {
             "text": text,
             "event": row.event,
             "idempotency_key": row.key,
-            "quiet": False,
+            "quiet": quiet,
             "digest": True,
             "alerts": alerts,
         }
-        subj = f"[DIGEST] {len(alerts)} more alerts from {devices} devices"
-        return Rendered(row.key, row.event, False, subj, text, body)
+        subj = text.split(": ", 1)[0]
+        return Rendered(row.key, row.event, quiet, subj, text, body)
     alert = alerts[0]
     quiet = row.event in (RESOLVED, ACKNOWLEDGED)
     text = _with_link(alert_text(alert), alert, page_url)

@@ -240,6 +240,44 @@ def test_intake_queues_once_holds_over_limit_and_folds_a_digest(intake_parts):
     assert rendered.text.startswith("[DIGEST] 1 more alerts (process_anomaly) from 1 device")
 
 
+def test_the_end_of_an_alert_seen_only_in_a_digest_goes_to_a_digest_too(intake_parts):
+    """A storm's resolutions and acknowledgements must not arrive one by one."""
+    intake, outbox, clock, _ = intake_parts
+    started = [1_796_551_200_000_000_000 + i for i in range(3)]
+    for ns in started:  # per_device = 1: the first goes out, two are held
+        intake.handle("t", alert_message("line1", "press-01", started_ns=ns)[0])
+    held_resolved, _ = alert_message("line1", "press-01", "resolved", started_ns=started[1])
+    intake.handle("t", held_resolved)  # its firing is held: held with it
+    sent_resolved, _ = alert_message("line1", "press-01", "resolved", started_ns=started[0])
+    intake.handle("t", sent_resolved)  # its firing went out alone: so does this
+    counts = outbox.counts()
+    assert counts["held"] == 9 and counts["pending"] == 6
+    registry = intake._metrics.registry
+    assert (
+        registry.get_sample_value("notifier_rate_limited_total", {"reason": "follows_digest"}) == 1
+    )
+    clock.now += 60
+    (digest, *_) = outbox.fold_held(clock.now)
+    text = render(digest, 60).text
+    assert text.startswith("[DIGEST] 2 more alerts (process_anomaly) from 1 device")
+    assert text.endswith("; also 1 resolved of earlier ones")
+
+    # Next window: the last held alert resolves; it reached people only in a digest.
+    last, _ = alert_message("line1", "press-01", "acknowledged", started_ns=started[2],
+                            acknowledged_by="ana")  # fmt: skip
+    intake.handle("t", last)
+    assert outbox.counts()["held"] == 3
+    clock.now += 60
+    (digest, *_) = outbox.fold_held(clock.now)
+    rendered = render(digest, 60)
+    assert rendered.quiet and rendered.webhook_body["quiet"] is True
+    assert rendered.text.startswith("[DIGEST] 1 acknowledged (process_anomaly) on 1 device")
+    assert (
+        rendered.subject
+        == "[DIGEST] 1 acknowledged (process_anomaly) on 1 device in the last 1 min"
+    )
+
+
 def test_outbox_settles_rows_and_seeds_the_limiter_after_restart(tmp_path, intake_parts):
     intake, outbox, clock, _ = intake_parts
     payload, _ = alert_message("line1", "press-02")
