@@ -71,15 +71,7 @@ def load_stored(
             + (f", line {flt.line!r}" if flt.line else "")
         )
     labels = read_labels(client, flt) if use_labels else []
-    order = history.time_order()
-    lines, devices = history.line_device()
-    recording = Recording(
-        lines=lines[order],
-        devices=devices[order],
-        ts_ns=history.ts_ns[order],
-        values=history.X[order],
-        fields=history.fields,
-    )
+    recording = Recording.of_history(history, history.time_order())
     return StoredHistory(history, labels, recording, flt)
 
 

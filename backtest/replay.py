@@ -50,6 +50,19 @@ class Recording:
     def __len__(self) -> int:
         return int(self.ts_ns.shape[0])
 
+    @classmethod
+    def of_history(cls, history, rows: np.ndarray) -> Recording:
+        """Rows ``rows`` (in that order) of stored readings
+        (:class:`model.influx_history.History`)."""
+        lines, devices = history.line_device()
+        return cls(
+            lines=lines[rows],
+            devices=devices[rows],
+            ts_ns=history.ts_ns[rows],
+            values=history.X[rows],
+            fields=history.fields,
+        )
+
 
 @dataclass(frozen=True)
 class Replay:

@@ -508,14 +508,7 @@ def backtest_history(
 
     ``confirmed``: alerts labelled real faults; like sensor-fault periods, they are
     known episodes, so an alert on one is not false."""
-    lines, devices = history.line_device()
-    recording = Recording(
-        lines=lines[rows],
-        devices=devices[rows],
-        ts_ns=history.ts_ns[rows],
-        values=history.X[rows],
-        fields=history.fields,
-    )
+    recording = Recording.of_history(history, rows)
     result = replay(recording, scorer, gateway.alerts, gateway.sensor_faults)
     cutoff = prepared.cutoff_ns
     # Only the model's own alerts: the sensor-fault rules are the same for both models.
@@ -594,14 +587,7 @@ def backtest_labels(
     grace_s: float,
 ) -> dict[str, Any]:
     """One model replayed over the labelled periods, judged by the labels."""
-    lines, devices = history.line_device()
-    recording = Recording(
-        lines=lines[rows],
-        devices=devices[rows],
-        ts_ns=history.ts_ns[rows],
-        values=history.X[rows],
-        fields=history.fields,
-    )
+    recording = Recording.of_history(history, rows)
     result = replay(recording, scorer, gateway.alerts, gateway.sensor_faults)
     end = int(history.ts_ns[rows].max()) if rows.size else 0
     figures = judge_labels(
