@@ -10,8 +10,9 @@ import threading
 import time
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from common.metrics_http import MetricsEndpoint
 from contract.reading import DEADLETTER_REASONS
 
 _BATCH_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000)
@@ -28,10 +29,10 @@ class Snapshot:
     points_dropped: int = 0
 
 
-class GatewayMetrics:
+class GatewayMetrics(MetricsEndpoint):
     def __init__(self, gateway_id: str):
         self.gateway_id = gateway_id
-        self.registry = CollectorRegistry()
+        super().__init__(CollectorRegistry())
         r = self.registry
         self.received = Counter("gateway_messages_received", "MQTT messages received", registry=r)
         self.stored = Counter("gateway_readings_stored", "Readings durably written", registry=r)
@@ -170,7 +171,6 @@ class GatewayMetrics:
         self._write_count = 0
         self._batch_sum = 0
         self._batch_count = 0
-        self._server = None
         self._spool_depth = 0
         self._depths = {"intake_queue_depth": 0, "write_queue_depth": 0, "unacked": 0}
 
@@ -274,13 +274,3 @@ class GatewayMetrics:
             "write_queue_depth": write,
             "unacked": unacked,
         }
-
-    def serve(self, host: str, port: int) -> None:
-        if port:
-            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from common.metrics_http import MetricsEndpoint
 from notify.alerts import BAD_INPUT_REASONS
 
 _SEND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
-class NotifierMetrics:
+class NotifierMetrics(MetricsEndpoint):
     def __init__(self, channels: list[str]):
-        self.registry = CollectorRegistry()
+        super().__init__(CollectorRegistry())
         r = self.registry
         self.received = Counter("notifier_alerts_received", "Alert messages received", registry=r)
         self.duplicates = Counter(
@@ -77,14 +78,3 @@ class NotifierMetrics:
         )
         self.connected = Gauge("notifier_mqtt_connected", "1 when connected", registry=r)
         self.ready = Gauge("notifier_ready", "1 once subscribed to the alerts", registry=r)
-        self._server = None
-
-    def serve(self, host: str, port: int) -> None:
-        if port:
-            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
