@@ -180,7 +180,7 @@ def storm(tmp: Path, broker: Mosquitto, devices: int, each: int, window_s: float
         print(
             f"   the storm ends ({devices * each} resolutions): {len(alone)} quiet messages for "
             f"the alerts people got alone + {len(folded)} quiet digest of "
-            f"{sum(len(p.body['alerts']) for p in folded)} (one message per resolution before)"
+            f"{sum(len(p.body['alerts']) for p in folded)} (one by one: {devices * each})"
         )
         print(f"   digest text: {folded[0].body['text'][:150]}...")
     finally:
