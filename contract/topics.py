@@ -12,8 +12,8 @@ The one place a topic of the system is built or parsed:
 - Cluster only: ``factory/_part/<p>/<line>/<device>``, the readings of partition p,
   and ``factory/cluster/<group>/partition/<p>``, retained ``ready`` markers.
 
-``parse_reading_topic``, ``parse_silence_topic`` and ``parse_ack_topic`` check messages
-from outside and raise ``TopicError``; the parsers of the gateway's own topics (status, partition
+``parse_reading_topic``, ``parse_silence_topic``, ``parse_ack_topic`` and
+``parse_state_topic`` check messages from outside and raise ``TopicError``; the parsers of the gateway's own topics (status, partition
 markers) return None for any other topic.
 """
 
@@ -127,6 +127,14 @@ def parse_silence_topic(topic: str) -> tuple[str, str]:
     parts = topic[len(SILENCE_PREFIX) :].split("/")
     if not topic.startswith(SILENCE_PREFIX) or len(parts) != 2 or not all(parts):
         raise TopicError(f"silence topic is {SILENCE_PREFIX}<line>/<device|{SILENCE_ALL_DEVICES}>")
+    return parts[0], parts[1]
+
+
+def parse_state_topic(topic: str) -> tuple[str, str]:
+    """Return (line, device) from ``factory/state/<line>/<device>``."""
+    parts = topic[len(STATE_PREFIX) :].split("/")
+    if not topic.startswith(STATE_PREFIX) or len(parts) != 2 or not all(map(valid_name, parts)):
+        raise TopicError(f"state topic is {STATE_PREFIX}<line>/<device>, names {NAME_RULE}")
     return parts[0], parts[1]
 
 

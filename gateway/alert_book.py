@@ -9,6 +9,7 @@ lifecycles that produce the transitions are.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from contract.alerting import FIRING, REPEATED, Ack, alert_id
@@ -71,6 +72,19 @@ class AlertBook:
             return alert, False
         alert.acked_by, alert.acked_ns, alert.ack_note = ack.by, now_ns, ack.note
         return alert, True
+
+    def restore(self, alerts: Iterable[OpenAlert]) -> list[OpenAlert]:
+        """Alerts a retained device state says were firing (before a restart); returns
+        those taken in (not already open here, under this or another id)."""
+        taken = []
+        for alert in alerts:
+            key = (alert.line, alert.device, alert.kind, alert.fault)
+            if key in self._open or alert.alert_id in self._by_id:
+                continue
+            self._open[key] = alert
+            self._by_id[alert.alert_id] = alert
+            taken.append(alert)
+        return taken
 
     def of_device(self, line: str, device: str) -> list[OpenAlert]:
         return [a for (ln, dv, _, _), a in self._open.items() if ln == line and dv == device]

@@ -135,6 +135,17 @@ class AlertTracker:
             del self._states[key]
         return transition
 
+    def restore_firing(
+        self, line: str, device: str, kind: str, since_ns: int, notified_ns: int
+    ) -> None:
+        """An alert firing before a restart (retained device state): it goes on firing
+        (reminders from ``notified_ns``) until readings say it is over."""
+        key = (line, device, kind)
+        if key not in self._states:
+            self._states[key] = Lifecycle(
+                FIRING, firing_since_ns=since_ns, last_notified_ns=notified_ns
+            )
+
     def state(self, line: str, device: str, kind: str) -> str:
         life = self._states.get((line, device, kind))
         return life.state if life else NORMAL

@@ -13,7 +13,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from contract import ACK_SUBSCRIPTION, READING_SUBSCRIPTION, SILENCE_SUBSCRIPTION, schema
+from contract import (
+    ACK_SUBSCRIPTION,
+    READING_SUBSCRIPTION,
+    SILENCE_SUBSCRIPTION,
+    STATE_SUBSCRIPTION,
+    schema,
+)
 from contract.lineprotocol import encode_point
 from gateway.cluster.coordinator import Coordinator
 from gateway.config import GatewayConfig
@@ -84,17 +90,22 @@ class Gateway:
         self.cluster: Coordinator | None = None
         # Silences and acknowledgements come in order with the readings.
         control = (SILENCE_SUBSCRIPTION, ACK_SUBSCRIPTION)
-        subscriptions: tuple[str, ...] = (READING_SUBSCRIPTION, *control)
+        # The retained device states (not our own later ones: no-local) restore the
+        # alerts firing before a restart.
+        subscriptions: tuple[str, ...] = (READING_SUBSCRIPTION, *control, STATE_SUBSCRIPTION)
         if cfg.cluster.enabled:
             # Readings arrive through partition sessions; the main session only
             # follows membership, partition markers, silences and acknowledgements.
+            # No device states: a device moves between gateways, and its alert state
+            # starts afresh on the new one (other gateways' states are not ours to take).
             self.cluster = Coordinator(
                 cfg.cluster, cfg.mqtt, cfg.id, self._inbox, self.metrics, self.held_limit
             )
             subscriptions = (*self.cluster.subscriptions, *control)
         self.intake = MqttIntake(
-            cfg.mqtt, cfg.id, subscriptions, self._inbox, self.metrics, self.held_limit
-        )
+            cfg.mqtt, cfg.id, subscriptions, self._inbox, self.metrics, self.held_limit,
+            no_local=frozenset({STATE_SUBSCRIPTION}),
+        )  # fmt: skip
         if self.cluster is not None:
             self.intake.set_router(self.cluster.handle_status)
         dead_letters = DeadLetters(self.intake.publish, self.metrics)

@@ -67,9 +67,12 @@ class MqttIntake:
         inbox: Inbox[Message],
         metrics: GatewayMetrics,
         gate: HeldLimit | None = None,
+        no_local: frozenset[str] = frozenset(),
     ):
         self._settings = settings
         self._subscriptions = subscriptions
+        # Subscriptions that must not bring back what this session publishes itself.
+        self._no_local = no_local
         self._inbox = inbox
         self._metrics = metrics
         self._status_topic = status_topic(gateway_id)
@@ -110,7 +113,9 @@ class MqttIntake:
         self.connected.set()
         self._metrics.connected.set(1)
         # Subscribing on every connect is idempotent and covers an expired session.
-        client.subscribe([(t, SubscribeOptions(qos=1)) for t in self._subscriptions])
+        client.subscribe(
+            [(t, SubscribeOptions(qos=1, noLocal=t in self._no_local)) for t in self._subscriptions]
+        )
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         refused = [

@@ -56,6 +56,11 @@ class GatewayMetrics(MetricsEndpoint):
         )
         for result in ("applied", "unknown", "repeated"):
             self.acks.labels(result)
+        self.alerts_restored = Counter(
+            "gateway_alerts_restored",
+            "Firing alerts taken over from the retained device state (after a restart)",
+            registry=r,
+        )
         self.reminders_held = Counter(
             "gateway_reminders_held", "Reminders not sent: the alert is acknowledged", registry=r
         )

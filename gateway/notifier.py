@@ -30,8 +30,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
-
 from contract import Reading, alert_topic, schema, state_topic
 from contract.alerting import ACKNOWLEDGED, RESOLVED, SILENCED, Ack
 from contract.lineprotocol import encode_point
@@ -40,6 +38,7 @@ from contract.topics import GATEWAY_ALERT_LINE
 from gateway.alert_book import AlertBook, OpenAlert
 from gateway.alerts import FIRING
 from gateway.detection import PROCESS_ANOMALY, SENSOR_FAULT, AlertTransition
+from gateway.device_state import state_payload
 from gateway.drift_watch import HINT, MODEL_DRIFT, DriftTransition
 from gateway.metrics import GatewayMetrics
 from gateway.outbox import Outbox
@@ -178,26 +177,5 @@ class Notifier:
             out.publish(state_topic(line, device), self._state(line, device, ts_ns), True)
 
     def _state(self, line: str, device: str, ts_ns: int) -> bytes:
-        now = time.time_ns()
-        firing = []
-        for alert in self.book.of_device(line, device):
-            entry: dict[str, Any] = {
-                "kind": alert.kind,
-                "alert_id": alert.alert_id,
-                "since": rfc3339(alert.started_ns),
-            }
-            if alert.fault:
-                entry["fault"] = alert.fault
-            if alert.acked_ns:
-                entry["acknowledged_by"] = alert.acked_by
-                entry["acknowledged_at"] = rfc3339(alert.acked_ns)
-            firing.append(entry)
-        silence = self.silences.active(line, device, now)
-        body = {
-            "line": line,
-            "device": device,
-            "ts": rfc3339(ts_ns or now),
-            "firing": firing,
-            "silenced_until": rfc3339(silence.until_ns) if silence else None,
-        }
-        return orjson.dumps(body)
+        silence = self.silences.active(line, device, time.time_ns())
+        return state_payload(line, device, ts_ns, self.book.of_device(line, device), silence)

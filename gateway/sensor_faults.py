@@ -55,6 +55,14 @@ class SensorFaults:
         # for them the "still fine" bookkeeping is skipped (hot path).
         self._active: dict[tuple[str, str], int] = {}
 
+    def restore_firing(self, line: str, device: str, fault: str) -> None:
+        """A fault firing before a restart (retained device state): it resolves as any
+        other, after ``resolve_after`` good readings."""
+        fkey = (line, device, fault)
+        if fkey not in self._firing:
+            self._firing[fkey] = 0
+            self._active[(line, device)] = self._active.get((line, device), 0) + 1
+
     def firing(self, line: str, device: str) -> list[str]:
         if (line, device) not in self._active:
             return []

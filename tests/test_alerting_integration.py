@@ -268,3 +268,34 @@ def test_an_acknowledged_alert_keeps_its_id_and_the_history_is_in_influxdb(gw, m
     assert sorted(by_event) == ["acknowledged", "firing", "resolved"]
     assert {row[2] for row in events()} == {alert_id}
     assert by_event["acknowledged"][3] == "night shift"
+
+
+def test_a_firing_alert_survives_a_gateway_restart_under_its_id(gw, mosquitto):
+    """The restarted gateway takes the alert over from the retained device state: still
+    acknowledged, and it resolves under its first id instead of firing anew."""
+    device = unique("press")
+    t0 = time.time() - 600
+    alerts = Collector(mosquitto.port, [f"factory/alerts/line1/{device}"])
+    try:
+        body = {**orjson.loads(ANOMALOUS), "ts": t0}
+        mosquitto_pub(mosquitto.port, f"factory/line1/{device}/reading", orjson.dumps(body))
+        (fired,) = alerts.wait_for(lambda m: m.json()["event"] == "firing")
+        alert_id = fired.json()["alert_id"]
+        ack = {"alert_id": alert_id, "by": "night shift"}
+        mosquitto_pub(mosquitto.port, f"factory/ack/line1/{device}", orjson.dumps(ack))
+        alerts.wait_for(lambda m: m.json()["event"] == "acknowledged")
+
+        gw.restart()
+        wait_until(lambda: gw.metric("gateway_alerts_restored_total") >= 1, 15, "restored")
+        for i, t in enumerate((60.0, 60.5, 61.0), start=1):
+            body = {**orjson.loads(NORMAL.format(t=t)), "ts": t0 + 10 * i}
+            mosquitto_pub(mosquitto.port, f"factory/line1/{device}/reading", orjson.dumps(body))
+        (resolved,) = alerts.wait_for(lambda m: m.json()["event"] == "resolved")
+        assert resolved.json()["alert_id"] == alert_id
+        assert [m.json()["event"] for m in alerts.messages] == [
+            "firing",
+            "acknowledged",
+            "resolved",
+        ]
+    finally:
+        alerts.close()

@@ -420,3 +420,58 @@ def test_acknowledgements_that_match_nothing_are_counted_and_bad_ones_dead_lette
     reasons = [b["reason"] for _, b, _ in rig.published("factory/deadletter/")]
     assert reasons == ["bad_field", "missing_field", "not_json", "bad_topic"]
     assert len(out.acks) == 5 and out.points == []  # every message is settled
+
+
+def test_a_restarted_gateway_takes_firing_alerts_over_from_the_retained_state(scorer):
+    """The alert keeps its id and its acknowledgement across a restart, and resolves
+    under that id instead of firing again as a new alert."""
+    alerts = dataclasses.replace(GatewayConfig().alerts, renotify_s=1e-9, resolve_after=1)
+    before = Rig(scorer, alerts=alerts)
+    before.process(reading("press-01", ANOMALOUS))
+    ((_, fired, _),) = before.published("factory/alerts/")
+    alert_id = fired["alert_id"]
+    before.process(acknowledgement("press-01", {"alert_id": alert_id, "by": "anna"}))
+    (retained,) = [e[2] for e in before.events if e[0] == "publish" and "/state/" in e[1]][-1:]
+
+    after = Rig(scorer, alerts=alerts)  # a new process: nothing in memory
+    out = after.process(message("factory/state/line1/press-01", retained))
+    assert after.metric("gateway_alerts_restored_total") == 1 and out.points == []
+    # Still acknowledged: no reminder.
+    after.process(reading("press-01", ANOMALOUS))
+    assert (
+        after.published("factory/alerts/") == []
+        and after.metric("gateway_reminders_held_total") >= 1
+    )
+    for _ in range(50):
+        after.process(reading("press-01", NORMAL))
+        ends = [
+            b for _, b, _ in after.published("factory/alerts/") if b["kind"] == "process_anomaly"
+        ]
+        if ends:
+            break
+    (end,) = ends
+    assert (end["event"], end["alert_id"], end["started"]) == (
+        "resolved",
+        alert_id,
+        fired["started"],
+    )
+    # A state message for an alert already open here changes nothing.
+    again = Rig(scorer, alerts=alerts)
+    again.process(reading("press-02", ANOMALOUS))
+    ((_, other, _),) = again.published("factory/alerts/")
+    state = orjson.dumps({"firing": [{"kind": "process_anomaly", "alert_id": "0" * 16,
+                                      "since": other["started"]}]})  # fmt: skip
+    again.process(message("factory/state/line1/press-02", state))
+    assert again.metric("gateway_alerts_restored_total") == 0
+
+
+def test_malformed_device_states_are_dead_lettered(scorer):
+    rig = Rig(scorer)
+    rig.process(
+        message("factory/state/line1/press-01", b"{"),
+        message("factory/state/line1/press-01", b'{"firing": [{"kind": "x"}]}'),
+        message("factory/state/line1/press-01", b'{"line": "line1"}'),
+        message("factory/state/line1/press-01", b""),  # a cleared state: fine
+    )
+    reasons = [b["reason"] for _, b, _ in rig.published("factory/deadletter/")]
+    assert reasons == ["not_json", "bad_field", "missing_field"]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.config import GatewayConfig
-from gateway.detection import Detection
+from gateway.detection import PROCESS_ANOMALY, SENSOR_FAULT, Detection
+from gateway.device_state import DeviceState
 from gateway.drift_watch import DriftWatch
 from gateway.intake import Message
 from gateway.metrics import GatewayMetrics
@@ -18,6 +21,8 @@ from gateway.stages.detect import Detect
 from gateway.stages.encode import Encode
 from gateway.stages.shadow import Shadow
 from model.scorer import Scorer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -40,6 +45,8 @@ class Chain:
         # A batch's silences apply before its alerts are decided (so to every reading
         # after them, and to those that came in the same batch).
         self.silences.take(decoded.silences)
+        if decoded.states:  # alerts firing before a restart, so acks can find them
+            self.restore(decoded.states)
         if decoded.acks:  # before the batch's reminders, which they stop
             self.notify.acknowledge(decoded.acks, out)
         if decoded.rejected:
@@ -58,6 +65,24 @@ class Chain:
             self.notify.alerts(readings, decided.alerts, scorer, out)
             self.notify.sensor_faults((tr for _, tr in decided.faults), version, out)
         return out
+
+    def restore(self, states: list[DeviceState]) -> None:
+        """Alerts the retained device states say were firing go on firing under their
+        ids (and acknowledgements) until readings resolve them."""
+        detection = self.detect.detection
+        now_ns = time.time_ns()
+        for state in states:
+            kept = [a for a in state.firing if a.kind in (PROCESS_ANOMALY, SENSOR_FAULT)]
+            for alert in self.notify.book.restore(kept):
+                if alert.kind == SENSOR_FAULT:
+                    detection.faults.restore_firing(alert.line, alert.device, alert.fault)
+                else:  # a process anomaly
+                    detection.alerts.restore_firing(
+                        alert.line, alert.device, alert.kind, alert.started_ns, now_ns
+                    )
+                self.metrics.alerts_restored.inc()
+                log.info("alert %s %s on %s/%s restored from the retained state",
+                         alert.alert_id, alert.kind, alert.line, alert.device)  # fmt: skip
 
     def deadman(self, version: str, now: float, out: Outbox) -> None:
         """Devices that stopped reporting (sensor fault ``dropout``)."""

@@ -1,8 +1,10 @@
-"""Decode stage: a batch's messages -> readings, silences, acknowledgements, rejections.
+"""Decode stage: a batch's messages -> readings, silences, acknowledgements, retained
+device states, rejections.
 
-Silences and acknowledgements arrive through the same inbox as readings, so they keep
-their order with them; this stage only parses them (:func:`gateway.silence.parse_silence`,
-:func:`contract.alerting.parse_ack`).
+Silences, acknowledgements and device states arrive through the same inbox as readings,
+so they keep their order with them; this stage only parses them
+(:func:`gateway.silence.parse_silence`, :func:`contract.alerting.parse_ack`,
+:func:`gateway.device_state.parse_state`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass, field
 from contract import Reading, Rejected, TopicError, decode_reading, parse_ack_topic
 from contract.alerting import Ack, parse_ack
 from contract.reading import DecodeLimits
-from contract.topics import ACK_PREFIX, SILENCE_PREFIX
+from contract.topics import ACK_PREFIX, SILENCE_PREFIX, STATE_PREFIX
+from gateway.device_state import DeviceState, parse_state
 from gateway.intake import Message
 from gateway.silence import SilenceCommand, parse_silence
 from model.reading_fields import required_fields
@@ -26,6 +29,7 @@ class Decoded:
     messages: list[Message] = field(default_factory=list)  # the message of each reading
     silences: list[SilenceCommand] = field(default_factory=list)
     acks: list[Ack] = field(default_factory=list)
+    states: list[DeviceState] = field(default_factory=list)  # retained, at (re)subscribe
     rejected: list[tuple[Message, Rejected]] = field(default_factory=list)
 
 
@@ -52,6 +56,8 @@ class Decode:
                     silences.append(parse_silence(msg.topic, msg.payload))
                 elif msg.topic.startswith(ACK_PREFIX):
                     out.acks.append(_ack(msg))
+                elif msg.topic.startswith(STATE_PREFIX):
+                    out.states.append(parse_state(msg.topic, msg.payload))
                 else:
                     readings.append(decode_reading(msg.topic, msg.payload, msg.received_ns, limits))
                     kept.append(msg)
