@@ -13,8 +13,8 @@ The one place a topic of the system is built or parsed:
   and ``factory/cluster/<group>/partition/<p>``, retained ``ready`` markers.
 
 ``parse_reading_topic``, ``parse_silence_topic``, ``parse_ack_topic`` and
-``parse_state_topic`` check messages from outside and raise ``TopicError``; the parsers of the gateway's own topics (status, partition
-markers) return None for any other topic.
+``parse_state_topic`` check messages from outside and raise ``TopicError``; the parsers
+of the gateway's own topics (status, partition markers) return None for any other topic.
 """
 
 from __future__ import annotations
