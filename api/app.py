@@ -17,7 +17,8 @@ from typing import Any
 from flask import Flask, Response, request
 from werkzeug.exceptions import HTTPException
 
-from api import alerts as alerting
+from api import ack_publisher, alert_requests
+from api.alert_store import Alert, AlertStore, check_firing, influx_answers
 from api.auth import HEADER, KeyCheck
 from api.body import body_too_large, drain, read_body
 from api.config import ApiConfig
@@ -162,7 +163,7 @@ def create_app(
                 "mqtt", lambda: mqtt_reachable(cfg.mqtt, cfg.ready.timeout_s), cfg.ready.cache_s
             )
         )
-    alert_store = alerting.AlertStore(influx.client, cfg.influx, cfg.alerts)
+    alert_store = AlertStore(influx.client, cfg.influx, cfg.alerts)
     page = _page_html(cfg, keys.enabled)
     openapi_cache: dict[str, bytes] = {}
 
@@ -322,12 +323,12 @@ def create_app(
 
     @app.get("/api/alerts")
     def alerts() -> Response:
-        query = alerting.list_query(request.args, cfg.alerts)
-        with alerting.influx_answers():
+        query = alert_requests.list_query(request.args, cfg.alerts)
+        with influx_answers():
             return json_response(alert_store.listing(query))
 
-    def known_alert(alert_id: str) -> alerting.Alert:
-        with alerting.influx_answers():
+    def known_alert(alert_id: str) -> Alert:
+        with influx_answers():
             alert = alert_store.find(alert_id)
         if alert is None:
             raise ApiError(
@@ -340,13 +341,15 @@ def create_app(
 
     @app.post("/api/alerts/<alert_id>/ack")
     def alert_ack(alert_id: str) -> Response:
-        alert_id = alerting.path_alert_id(alert_id)
-        body = alerting.json_object(request.mimetype, request.environ, cfg.limits.max_body_bytes)
-        ack = alerting.ack_request(body)
+        alert_id = alert_requests.path_alert_id(alert_id)
+        body = alert_requests.json_object(
+            request.mimetype, request.environ, cfg.limits.max_body_bytes
+        )
+        ack = alert_requests.ack_request(body)
         alert = known_alert(alert_id)
-        alerting.check_firing(alert)
-        topic = alerting.broker_answers(
-            lambda: alerting.publish_ack(cfg.mqtt, alert, ack, cfg.alerts.ack_timeout_s)
+        check_firing(alert)
+        topic = ack_publisher.broker_answers(
+            lambda: ack_publisher.publish_ack(cfg.mqtt, alert, ack, cfg.alerts.ack_timeout_s)
         )
         return json_response(
             {"alert_id": alert_id, "line": alert.line, "device": alert.device,
@@ -356,11 +359,13 @@ def create_app(
 
     @app.post("/api/alerts/<alert_id>/label")
     def alert_label(alert_id: str) -> Response:
-        alert_id = alerting.path_alert_id(alert_id)
-        body = alerting.json_object(request.mimetype, request.environ, cfg.limits.max_body_bytes)
-        label = alerting.label_request(body)
+        alert_id = alert_requests.path_alert_id(alert_id)
+        body = alert_requests.json_object(
+            request.mimetype, request.environ, cfg.limits.max_body_bytes
+        )
+        label = alert_requests.label_request(body)
         alert = known_alert(alert_id)
-        with alerting.influx_answers():
+        with influx_answers():
             stored = alert_store.write_label(alert, label)
         return json_response({**alert.entry(), "label": stored}, 201)
 

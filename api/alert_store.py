@@ -1,55 +1,34 @@
-"""Alerts for operators: list them, acknowledge them, label them.
+"""Alerts as InfluxDB has them: read for ``GET /api/alerts``, labelled for
+``POST /api/alerts/<id>/label``.
 
-* **Reading** (``GET /api/alerts``): InfluxQL over ``alert_event``, one point per
-  transition of an alert, written by the gateway (``contract.schema``), and over
-  ``alert_label``, through the worker's one InfluxDB client (:mod:`common.influx`);
-  every name put into a query is quoted by :mod:`common.influxql`.
-* **Acknowledging** changes no state here: the contract's acknowledgement
-  (``contract.alerting.ack_payload``) is published on ``factory/ack/<line>/<device>`` at
-  QoS 1 over a short-lived MQTT connection, and the request returns once the broker
-  has PUBACKed it.  The gateway applies it (stops reminders, records the event).
-* **Labelling** writes one ``alert_label`` point per alert at the alert's start time,
-  with the alert's tags, so a new label of the same alert replaces the old one.
+One alert is folded from its ``alert_event`` points (one per transition, written by the
+gateway; ``contract.schema``) and its ``alert_label``, through the worker's one InfluxDB
+client (:mod:`common.influx`); every name put into a query is quoted by
+:mod:`common.influxql`.  A label is one ``alert_label`` point at the alert's start time,
+with the alert's tags, so a new label of the same alert replaces the old one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import os
-import secrets
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-from paho.mqtt.client import MQTTErrorCode
-
-from api.body import read_body
+from api.alert_requests import LabelRequest, ListQuery
 from api.config import AlertsConfig, InfluxQueryConfig
 from api.errors import ApiError
-from api.params import choice_param, int_param, name_param
-from api.predict import check_media_type
 from common.influx import InfluxClient, InfluxQueryError, InfluxUnavailable, WriteError
 from common.influxql import quote_ident, quote_string
-from common.mqtt import MqttSettings, disable_nagle, make_client
 from contract.alerting import (
     ACKNOWLEDGED,
     FIRING,
-    LABELS,
-    MAX_FAULT_TYPE,
-    MAX_NOTE,
     RESOLVED,
     SILENCED,
-    ack_payload,
-    check_alert_id,
-    check_person,
-    check_text,
 )
 from contract.lineprotocol import encode_point
-from contract.reading import Rejected
 from contract.schema import (
     ALERT_EVENT,
     ALERT_ID,
@@ -70,113 +49,13 @@ from contract.schema import (
     STARTED_NS,
 )
 from contract.timestamps import ns_to_rfc3339
-from contract.topics import ack_topic
 
 log = logging.getLogger(__name__)
 
-STATES = ("all", "firing", "resolved")
-DEFAULT_HOURS = 24
-# Acknowledgement and label bodies are a few short strings.
-MAX_BODY_BYTES = 16 * 1024
 _HOUR_NS = 3600 * 10**9
 _DAY_NS = 24 * _HOUR_NS
 _EVENT_COLUMNS = (ALERT_ID, STARTED_NS, EVENT, HELD, SCORE, BY, NOTE, LINE, DEVICE, KIND, FAULT)
 _LABEL_COLUMNS = (ALERT_ID, LABEL, FAULT_TYPE, NOTE, BY, LABELLED_NS)
-
-
-class BrokerUnavailable(Exception):
-    """The broker did not accept the connection or did not PUBACK in time."""
-
-
-class BrokerRefused(Exception):
-    """The broker answered the publish with a failure reason code (e.g. not authorised)."""
-
-
-# --- request parsing ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ListQuery:
-    hours: int
-    line: str | None
-    device: str | None
-    state: str
-
-
-def list_query(args: Any, cfg: AlertsConfig) -> ListQuery:
-    """The query parameters of ``GET /api/alerts``, or ApiError(422) naming the bad one."""
-    return ListQuery(
-        hours=int_param(args.get("hours"), "hours", DEFAULT_HOURS, cfg.max_hours),
-        line=name_param(args.get("line"), "line"),
-        device=name_param(args.get("device"), "device"),
-        state=choice_param(args.get("state"), "state", STATES),
-    )
-
-
-@contextlib.contextmanager
-def contract_checks() -> Iterator[None]:
-    """The contract's refusals (``Rejected``) as 422s naming the field."""
-    try:
-        yield
-    except Rejected as rej:
-        raise ApiError(422, rej.reason, rej.detail, field=rej.field) from None
-
-
-def path_alert_id(raw: str) -> str:
-    with contract_checks():
-        return check_alert_id(raw)
-
-
-def json_object(mimetype: str, environ: dict[str, Any], limit: int) -> dict[str, Any]:
-    """A small JSON object body: 415 not JSON, 413 too large, 400 unparseable, 422 not
-    an object."""
-    check_media_type(mimetype)  # before reading a body that will be refused
-    raw = read_body(environ, min(limit, MAX_BODY_BYTES))
-    if not raw.strip():
-        raise ApiError(400, "empty_body", "request body is empty; send a JSON object")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "not_json", f"body is not valid JSON: {str(exc)[:160]}") from None
-    if not isinstance(body, dict):
-        raise ApiError(422, "not_object", "the body must be a JSON object")
-    return body
-
-
-@dataclass(frozen=True, slots=True)
-class AckRequest:
-    by: str
-    note: str
-
-
-def ack_request(body: dict[str, Any]) -> AckRequest:
-    with contract_checks():
-        if "by" not in body:
-            raise Rejected("missing_field", "by is required: who acknowledges", "by")
-        return AckRequest(check_person(body["by"]), check_text(body.get("note"), "note", MAX_NOTE))
-
-
-@dataclass(frozen=True, slots=True)
-class LabelRequest:
-    label: str
-    by: str
-    note: str
-    fault_type: str
-
-
-def label_request(body: dict[str, Any]) -> LabelRequest:
-    with contract_checks():
-        for name in ("label", "by"):
-            if name not in body:
-                raise Rejected("missing_field", f"{name} is required", name)
-        if body["label"] not in LABELS:
-            raise Rejected("bad_field", f"label must be one of {', '.join(LABELS)}", "label")
-        return LabelRequest(
-            body["label"],
-            check_person(body["by"]),
-            check_text(body.get("note"), "note", MAX_NOTE),
-            check_text(body.get("fault_type"), "fault_type", MAX_FAULT_TYPE),
-        )
 
 
 @contextlib.contextmanager
@@ -466,77 +345,3 @@ class AlertStore:
         self._client.write([point], self._timeout_s)
         log.info("alert %s labelled %s by %s", alert.alert_id, req.label, req.by)
         return _label_entry({**fields, LABELLED_NS: labelled_ns})
-
-
-# --- MQTT --------------------------------------------------------------------------------
-
-
-def publish_ack(settings: MqttSettings, alert: Alert, req: AckRequest, timeout_s: float) -> str:
-    """Publish the acknowledgement of ``alert`` at QoS 1 and wait for the PUBACK.
-
-    A connection per call: acknowledgements are rare, and a clean session with no
-    expiry leaves nothing behind on the broker.  Returns the topic.
-    """
-    topic = ack_topic(alert.line, alert.device)
-    payload = ack_payload(alert.alert_id, req.by, req.note)
-    where = f"{settings.host}:{settings.port}"
-    client = make_client(
-        dataclasses.replace(settings, client_id=""),
-        f"api-ack-{os.getpid()}-{secrets.token_hex(4)}",
-    )
-    client.connect_timeout = timeout_s
-    connected: list[Any] = []
-    acked: list[Any] = []
-
-    def on_connect(c, _userdata, _flags, reason_code, _props) -> None:
-        disable_nagle(c)
-        connected.append(reason_code)
-
-    client.on_connect = on_connect
-    client.on_publish = lambda _c, _u, _mid, reason_code, _p: acked.append(reason_code)
-    deadline = time.monotonic() + timeout_s
-
-    def run_until(done: Callable[[], bool]) -> None:
-        while not done() and time.monotonic() < deadline:
-            if client.loop(timeout=0.05) != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                return  # connection closed or refused: the callbacks said why, if anything
-
-    try:
-        try:
-            client.connect(
-                settings.host, settings.port, keepalive=max(5, round(timeout_s) * 2),
-                clean_start=True,
-            )  # fmt: skip
-        except (OSError, ValueError) as exc:
-            raise BrokerUnavailable(f"MQTT broker at {where} is unreachable: {exc}") from None
-        run_until(lambda: bool(connected))
-        if not connected or connected[0].is_failure:
-            why = f"refused the connection ({connected[0]})" if connected else "did not answer"
-            raise BrokerUnavailable(f"MQTT broker at {where} {why}")
-        info = client.publish(topic, payload, qos=1)
-        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise BrokerUnavailable(f"MQTT broker at {where}: publish failed ({info.rc.name})")
-        run_until(lambda: bool(acked))
-        if not acked:
-            raise BrokerUnavailable(
-                f"MQTT broker at {where} did not acknowledge the message within {timeout_s:g} s"
-            )
-        if getattr(acked[0], "is_failure", False):
-            raise BrokerRefused(f"MQTT broker at {where} refused the message ({acked[0]})")
-        client.disconnect()
-    finally:
-        sock = client.socket()  # the client is thrown away: release its socket
-        if sock is not None:
-            sock.close()
-    log.info("acknowledgement of alert %s by %s published on %s", alert.alert_id, req.by, topic)
-    return topic
-
-
-def broker_answers(func: Callable[[], str]) -> str:
-    """``func()``, with broker failures as 503 (unreachable) / 502 (refused)."""
-    try:
-        return func()
-    except BrokerUnavailable as exc:
-        raise ApiError(503, "broker_unavailable", str(exc)) from None
-    except BrokerRefused as exc:
-        raise ApiError(502, "broker_refused", str(exc)) from None
