@@ -27,7 +27,8 @@ from model.artifact import active_version
 from model.cli_versions import format_retrain
 from model.config import RetrainSettings
 from model.influx_history import HistoryFilter, InfluxV1
-from model.retrain import LABELS_GATE, RetrainRequest, label_checks, run_retrain
+from model.label_gate import label_checks
+from model.retrain import LABELS_GATE, RetrainRequest, run_retrain
 from model.scorer import load_scorer
 from tests.helpers import unique
 from tests.labelled_history import (
