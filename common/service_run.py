@@ -1,4 +1,8 @@
-"""How a long-running service process runs under systemd (gateway, notifier).
+"""How a long-running service process starts and runs under systemd (gateway, notifier).
+
+``--config FILE`` (or the service's environment overrides) is loaded once; a bad
+config exits with status 2 (systemd does not restart it); ``--check-config`` prints
+the effective config, secrets masked, and exits.
 
 SIGTERM / SIGINT request a stop; READY=1 is sent once the service is *receiving*
 (its MQTT subscription is confirmed), from a thread, so a stop requested during a
@@ -8,15 +12,48 @@ is healthy; the stop is ordered: STOPPING=1, watchdog off, then the service's ow
 
 from __future__ import annotations
 
+import argparse
+import json
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from common import sdnotify
+from common.config import ConfigError
+from common.logs import setup_logging
 
 log = logging.getLogger(__name__)
+
+
+def load_service_config(
+    prog: str,
+    description: str | None,
+    loader: Callable[[str | None], Any],
+    check_help: str,
+    argv: list[str] | None,
+) -> tuple[Any, bool] | int:
+    """(config, whether --check-config was asked), or exit status 2 for a bad config.
+    Logging is set up from the config's ``log_level``."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", "-c", default=None, help="TOML config file")
+    parser.add_argument("--check-config", action="store_true", help=check_help)
+    args = parser.parse_args(argv)
+    try:
+        cfg = loader(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"config error: {exc}\n")
+        return 2
+    setup_logging(cfg.log_level)
+    return cfg, args.check_config
+
+
+def print_check(report: dict[str, Any]) -> int:
+    """The --check-config answer: the report as JSON on stdout; exit status 0."""
+    sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+    return 0
 
 
 class Service(Protocol):

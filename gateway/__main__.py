@@ -2,39 +2,32 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import signal
 import sys
 
-from common.config import ConfigError, redacted
-from common.logs import setup_logging
-from common.service_run import run_service
+from common.config import redacted
+from common.service_run import load_service_config, print_check, run_service
 from gateway.config import load_gateway_config
 
 log = logging.getLogger("gateway")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway", description=__doc__)
-    parser.add_argument("--config", "-c", default=None, help="TOML config file")
-    parser.add_argument(
-        "--check-config",
-        action="store_true",
-        help="validate the config and model, print the effective config (secrets masked), exit",
+    loaded = load_service_config(
+        "python -m gateway",
+        __doc__,
+        load_gateway_config,
+        "validate the config and model, print the effective config (secrets masked), exit",
+        argv,
     )
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_gateway_config(args.config)
-    except ConfigError as exc:
-        sys.stderr.write(f"config error: {exc}\n")
-        return 2
-    setup_logging(cfg.log_level)
+    if isinstance(loaded, int):
+        return loaded
+    cfg, check_only = loaded
 
     from model.scorer import ModelError, load_scorer
 
-    if args.check_config:
+    if check_only:
         try:
             scorer = load_scorer(cfg.model.path)
         except ModelError as exc:
@@ -48,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
                 "threshold": scorer.threshold,
             },
         }
-        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
-        return 0
+        return print_check(report)
 
     from gateway.app import Gateway
 

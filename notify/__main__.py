@@ -2,47 +2,39 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import sys
 
 from common.config import ConfigError, redacted
-from common.logs import setup_logging
-from common.service_run import run_service
+from common.service_run import load_service_config, print_check, run_service
 from notify.config import load_notifier_config
 
 log = logging.getLogger("notify")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m notify", description=__doc__)
-    parser.add_argument("--config", "-c", default=None, help="TOML config file")
-    parser.add_argument(
-        "--check-config",
-        action="store_true",
-        help="validate the config and its secret files, print the effective config "
+    loaded = load_service_config(
+        "python -m notify",
+        __doc__,
+        load_notifier_config,
+        "validate the config and its secret files, print the effective config "
         "(secrets masked), exit",
+        argv,
     )
-    args = parser.parse_args(argv)
-    try:
-        cfg = load_notifier_config(args.config)
-    except ConfigError as exc:
-        sys.stderr.write(f"config error: {exc}\n")
-        return 2
-    setup_logging(cfg.log_level)
+    if isinstance(loaded, int):
+        return loaded
+    cfg, check_only = loaded
 
     from notify.channels import make_channels
 
-    if args.check_config:
+    if check_only:
         try:
             channels = make_channels(cfg)  # reads the secret files: are they there?
         except (ConfigError, OSError) as exc:
             sys.stderr.write(f"config error: {exc}\n")
             return 2
         report = {"config": redacted(cfg), "enabled_channels": sorted(channels)}
-        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
-        return 0
+        return print_check(report)
 
     from notify.service import NotificationService
 
