@@ -236,6 +236,21 @@ def start(client: mqtt.Client, settings: MqttSettings, *, clean_start: bool) -> 
     client.loop_start()
 
 
+def session_up(client: mqtt.Client, settings: MqttSettings, flags, reason_code) -> bool:
+    """On CONNACK of a persistent session: log it, and True (Nagle off) if it is up."""
+    if reason_code.is_failure:
+        log.error("broker refused connection: %s", reason_code)
+        return False
+    log.info(
+        "connected to %s:%d (session present: %s)",
+        settings.host,
+        settings.port,
+        flags.session_present,
+    )
+    disable_nagle(client)
+    return True
+
+
 def disable_nagle(client: mqtt.Client) -> None:
     """Send small packets (alerts, PUBACKs) at once instead of waiting up to ~40 ms for
     more data to coalesce (measured: alert latency p50 44 ms -> 14 ms).  Call it from

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from common.mqtt import Client, MqttSettings, disable_nagle, make_client, start
+from common.mqtt import Client, MqttSettings, make_client, session_up, start
 from contract import status_topic
 from contract.payloads import OFFLINE, ONLINE
 from gateway.flow import HeldLimit
@@ -100,16 +100,8 @@ class MqttIntake:
         start(self._client, self._settings, clean_start=False)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.error("broker refused connection: %s", reason_code)
+        if not session_up(client, self._settings, flags, reason_code):
             return
-        log.info(
-            "connected to %s:%d (session present: %s)",
-            self._settings.host,
-            self._settings.port,
-            flags.session_present,
-        )
-        disable_nagle(client)
         self.connected.set()
         self._metrics.connected.set(1)
         # Subscribing on every connect is idempotent and covers an expired session.

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from common.mqtt import MqttSettings, disable_nagle, make_client, start
+from common.mqtt import MqttSettings, make_client, session_up, start
 from contract import ALERTS_SUBSCRIPTION
 from notify.intake import AlertIntake, OutboxGate
 from notify.metrics import NotifierMetrics
@@ -51,17 +51,8 @@ class AlertSubscriber:
         start(self._client, self._settings, clean_start=False)
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.error("broker refused connection: %s", reason_code)
+        if not session_up(client, self._settings, flags, reason_code):
             return
-        log.info(
-            "connected to %s:%d as %s (session present: %s)",
-            self._settings.host,
-            self._settings.port,
-            self._settings.client_id,
-            flags.session_present,
-        )
-        disable_nagle(client)
         self._metrics.connected.set(1)
         client.subscribe([(ALERTS_SUBSCRIPTION, SubscribeOptions(qos=1))])
 
